@@ -1,0 +1,34 @@
+# Two commands matter: `make demo` (set up, build the embedded demo world, run the main job)
+# and `make test` (set up, run the tests). Everything else is a step of those.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export OPENBLAS_NUM_THREADS ?= 1
+
+.PHONY: venv demo test bench clean
+
+venv: $(VENV)/.installed
+
+# torch first and pinned: the CPU wheel lies on disk; an unpinned torch pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0 $(PIP_QUIET)
+	$(PY) -m pip install -q -e ".[test]" $(PIP_QUIET)
+	$(PY) -c "import torch, transformers, sae_lens, dagster, duckdb, ibis, sklearn"
+	touch $@
+
+demo: venv
+	$(VENV)/bin/smda demo
+
+test: venv
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: venv
+	$(PY) benchmarks/extract_speed.py
+	$(PY) benchmarks/shift_speed.py
+
+clean:
+	rm -rf $(VENV) .cache warehouse .dagster_home

@@ -1,0 +1,206 @@
+"""One validated configuration for the whole pipeline, with the `paper` and `default` presets.
+
+A config is a YAML file (or nothing: the embedded demo). Presets fill every field the
+user did not set, so `preset: paper` plus one override behaves as people expect.
+Unknown keys are errors that name the key and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from smda_core.errors import ConfigError
+
+Position = Literal["end_of_turn", "last", "mean", "max"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Strict):
+    """Which causal LM to run. `path=None` means the embedded demo model."""
+
+    path: str | None = Field(None, description="Local directory or Hub id of a causal LM; empty = embedded demo")
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = Field("float32", description="dtype for feature extraction")
+    device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="auto = CUDA when available")
+    trust_remote_code: bool = Field(False, description="passed to transformers; off unless asked")
+    hook_layer: int | None = Field(None, description="block L whose output (resid_post) is encoded; None = from the SAE's metadata / demo")
+
+
+class SAESection(_Strict):
+    """Which sparse autoencoder encodes the residual stream."""
+
+    path: str | None = Field(None, description="local directory saved by sae-lens (cfg.json + weights)")
+    release: str | None = Field(None, description="sae-lens pretrained release id")
+    sae_id: str | None = Field(None, description="sae-lens id inside the release")
+
+
+class FeatureSection(_Strict):
+    position: Position = Field("end_of_turn", description="token(s) where features are read")
+    batch_size: int = Field(64, gt=0)
+    padding_side: Literal["right", "left"] = "right"
+    max_prompt_tokens: int = Field(512, gt=0, description="longer probes are an error naming the probe")
+
+
+class BehaviourSection(_Strict):
+    kind: Literal["log_refusal", "refusal_prob", "log_odds", "contrast"] = Field(
+        "log_refusal", description="y: log Σ P(refusal opening); its prob; log-odds; refusal − compliance log-prob"
+    )
+    refusal_openings: tuple[str, ...] | None = Field(None, description="refusal openings (same token length); None = the world's")
+    compliance_openings: tuple[str, ...] | None = Field(None, description="for kind=contrast")
+    greedy_tokens: int = Field(4, gt=0, description="tokens decoded to derive `refused` when probes lack it")
+
+
+class PolicySection(_Strict):
+    selection: Literal["contrast", "correlation", "explicit"] = "contrast"
+    contrast_threshold: float = Field(0.1, ge=0)
+    max_features: int | None = Field(None, gt=0)
+    correlation_k: int = Field(32, gt=0)
+    min_active: int = Field(5, ge=1)
+    features: tuple[int, ...] | None = None
+    design: Literal["raw", "standardised"] = "standardised"
+    intercept: bool = True
+    lam: float | None = Field(None, gt=0, description="fixed λ; None = exact leave-one-out over lam_grid")
+    lam_grid: tuple[float, ...] | None = None
+    heldout_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    labels_path: str | None = Field(None, description="Neuronpedia-style export (JSON/JSONL) of feature descriptions")
+
+
+class ShiftSection(_Strict):
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(1e-4, gt=0)
+    steps: int = Field(1, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    dtype: Literal["float32", "float64"] = Field("float64", description="measurement dtype (float64 where the model is small)")
+    delta_x: Literal["exact", "linearised"] = "exact"
+    batch_size: int = Field(256, gt=0)
+
+
+class AttributionSection(_Strict):
+    methods: tuple[Literal["refit", "linear"], ...] = ("refit", "linear")
+    primary: Literal["refit", "linear"] = "refit"
+    intended_top: int = Field(3, ge=1)
+
+
+class DemoSection(_Strict):
+    """The embedded demo world's recipe; its hash names the cache folder."""
+
+    seed: int = 0
+    planted_category: str = "religious_stereotyping"
+    n_probes: int = Field(450, ge=40)
+    n_pairs: int = Field(200, ge=8)
+    bad_share: float = Field(0.1, ge=0, lt=0.5)
+    cache_dir: str = Field(".cache/smda-demo", description="where built worlds are kept, by recipe hash")
+
+
+class DataSection(_Strict):
+    probes: str | None = Field(None, description="probe file (JSONL/CSV/Parquet); None = the demo's")
+    sft: tuple[str, ...] | None = Field(None, description="SFT files, one batch each; None = the demo's")
+    metadata: str | None = None
+    allow_probe_overlap: bool = False
+
+
+class SMDAConfig(_Strict):
+    preset: Literal["default", "paper"] = "default"
+    model: ModelSection = ModelSection()
+    sae: SAESection = SAESection()
+    features: FeatureSection = FeatureSection()
+    behaviour: BehaviourSection = BehaviourSection()
+    policy: PolicySection = PolicySection()
+    shifts: ShiftSection = ShiftSection()
+    attribution: AttributionSection = AttributionSection()
+    demo: DemoSection = DemoSection()
+    data: DataSection = DataSection()
+    warehouse: str = "warehouse/warehouse.duckdb"
+
+    @property
+    def is_demo(self) -> bool:
+        return self.model.path is None
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short hash of the named sections, to key caches and code versions."""
+        payload = {s: getattr(self, s).model_dump() if hasattr(getattr(self, s), "model_dump") else getattr(self, s) for s in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The reference paper's method (DESIGN §3).
+    "paper": {
+        "features": {"position": "end_of_turn"},
+        "policy": {"selection": "contrast", "contrast_threshold": 0.1, "design": "raw", "intercept": False, "lam": 5.0},
+        "shifts": {"delta_x": "linearised"},
+        "attribution": {"primary": "linear"},
+    },
+    # What we recommend.
+    "default": {
+        "features": {"position": "end_of_turn"},
+        "policy": {"selection": "contrast", "contrast_threshold": 0.1, "max_features": 64, "design": "standardised", "intercept": True, "lam": None},
+        "shifts": {"delta_x": "exact"},
+        "attribution": {"primary": "refit"},
+    },
+}
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def build_config(raw: dict[str, Any] | None = None, *, source: str = "config") -> SMDAConfig:
+    """Validate a raw mapping (YAML content) after filling in its preset."""
+    raw = dict(raw or {})
+    preset = raw.get("preset", "default")
+    if preset not in PRESETS:
+        raise ConfigError(f"{source}: preset '{preset}' is unknown; choose one of {sorted(PRESETS)}")
+    merged = _merge(PRESETS[preset], raw)
+    try:
+        return SMDAConfig.model_validate(merged)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            dotted = ".".join(str(p) for p in loc)
+            if err["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(str(loc[-1]), _valid_keys(SMDAConfig, loc), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                lines.append(f"unknown key '{dotted}'{hint}")
+            else:
+                lines.append(f"'{dotted}': {err['msg']}")
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> SMDAConfig:
+    """Read a YAML config (None = embedded demo defaults); keyword overrides are merged section-wise."""
+    import yaml
+
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    return build_config(_merge(raw, overrides), source=str(path or "config"))
