@@ -118,7 +118,8 @@ def load_world(config: SMDAConfig | str | Path | None = None, *, progress: bool 
     encoded = [encode_prompt(tokenizer, p, name=f"{src['probes']} probe {pid}", max_tokens=config.features.max_prompt_tokens)
                for pid, p in zip(probes["probe_id"].to_pylist(), probes["prompt"].to_pylist())]
     refusal = config.behaviour.refusal_openings or src["refusal_openings"]
-    compliance = config.behaviour.compliance_openings or src["compliance_openings"]
+    # Compliance openings cost extra teacher-forcing branches: only the `contrast` behaviour reads them.
+    compliance = (config.behaviour.compliance_openings or src["compliance_openings"]) if config.behaviour.kind == "contrast" else ()
     return World(config, model, tokenizer, sae, int(layer), probes, encoded, encode_openings(tokenizer, tuple(refusal)),
                  encode_openings(tokenizer, tuple(compliance), what="compliance_openings") if compliance else (),
                  [Path(p) for p in src["sft"]], src["model_name"], src["sae_name"])

@@ -81,7 +81,7 @@ class ShiftSection(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     dtype: Literal["float32", "float64"] = Field("float64", description="measurement dtype (float64 where the model is small)")
     delta_x: Literal["exact", "linearised"] = "exact"
-    batch_size: int = Field(256, gt=0)
+    batch_size: int = Field(64, gt=0)
 
 
 class AttributionSection(_Strict):

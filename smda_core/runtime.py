@@ -163,12 +163,17 @@ def read_probes(model, sae, layer: int, prompts: Sequence[EncodedPrompt], openin
     the first branch and every opening is scored by teacher forcing in the same pass.
     """
     branches = _branches(openings)
+    covers = np.array([[br[: len(o) - 1] == tuple(o[:-1]) for o in openings] for br in branches], dtype=bool)
+    span = max(len(o) for o in openings)
     device = next(model.parameters()).device
     sae_dtype = sae.W_enc.dtype
     n = len(prompts)
     logp = np.zeros((n, len(openings)), dtype=np.float64)
-    coo_p, coo_f, coo_v, dense_rows, hidden = [], [], [], [], []
-    rows = [(i, b) for i in range(n) for b in range(len(branches))]
+    coo_p, coo_f, coo_v = [], [], []
+    dense = np.zeros((n, len(feature_ids))) if feature_ids is not None else None
+    hidden: list = [None] * n if keep_hidden else []
+    order = sorted(range(n), key=lambda i: len(prompts[i].input_ids))  # similar lengths share a batch: less padding
+    rows = [(i, b) for i in order for b in range(len(branches))]
     per_batch = max(1, batch_size)
     bar = tqdm(total=n, desc=desc, disable=not progress, mininterval=1.0, leave=False)
     for start in range(0, len(rows), per_batch * len(branches)):
@@ -188,35 +193,36 @@ def read_probes(model, sae, layer: int, prompts: Sequence[EncodedPrompt], openin
             out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device))
         logits = out.logits
         resid = store["h"]
-        first_branch = []
-        for r, (i, b) in enumerate(chunk):
-            p, off = prompts[i], offsets[r]
-            last = off + len(p.input_ids) - 1
-            span = max(len(o) for o in openings)
-            lp = torch.log_softmax(logits[r, last: last + span].double(), dim=-1).cpu()
-            for j, o in enumerate(openings):
-                if branches[b][: len(o) - 1] == tuple(o[:-1]):
-                    logp[i, j] = float(sum(lp[t, tok] for t, tok in enumerate(o)))
-            if b == 0:
-                first_branch.append((r, i, off))
+        # Teacher forcing, vectorised: log-softmax at the last prompt token and the branch tokens.
+        lasts = torch.tensor([offsets[r] + len(prompts[i].input_ids) - 1 for r, (i, _) in enumerate(chunk)])
+        pos = (lasts[:, None] + torch.arange(span)[None, :]).clamp(max=width - 1).to(logits.device)
+        lp = torch.log_softmax(logits[torch.arange(len(chunk), device=logits.device)[:, None], pos].double(), dim=-1)
+        probe_idx = np.array([i for i, _ in chunk])
+        branch_idx = np.array([b for _, b in chunk])
+        for j, o in enumerate(openings):
+            score = lp[:, torch.arange(len(o)), torch.tensor(o)].sum(-1).cpu().numpy()
+            use = covers[branch_idx, j]
+            logp[probe_idx[use], j] = score[use]
+        first_branch = [(r, i, offsets[r]) for r, (i, b) in enumerate(chunk) if b == 0]
         if position in ("end_of_turn", "last"):
             rs = torch.tensor([r for r, _, _ in first_branch])
             cols = torch.tensor([off + prompts[i].read_positions(position)[0] for _, i, off in first_branch])
             h = resid[rs.to(resid.device), cols.to(resid.device)].to(sae_dtype)
             pooled = sae.encode(h)
             if keep_hidden:
-                hidden.extend(h.detach().cpu()[:, None, :].unbind(0))
+                for (_, i, _), hi in zip(first_branch, h.detach().cpu()):
+                    hidden[i] = hi[None, :]
         else:
             pooled_rows = []
             for r, i, off in first_branch:
                 h = resid[r, [off + q for q in prompts[i].read_positions(position)]].to(sae_dtype)
                 if keep_hidden:
-                    hidden.append(h.detach().cpu())
+                    hidden[i] = h.detach().cpu()
                 pooled_rows.append(pool_features(sae.encode(h), position))
             pooled = torch.stack(pooled_rows)
         idx = [i for _, i, _ in first_branch]
         if feature_ids is not None:
-            dense_rows.append(pooled[:, torch.as_tensor(feature_ids, device=pooled.device)].double().cpu().numpy())
+            dense[idx] = pooled[:, torch.as_tensor(feature_ids, device=pooled.device)].double().cpu().numpy()
         else:
             nzr, nzc = torch.nonzero(pooled, as_tuple=True)
             coo_p.append(np.asarray(idx, dtype=np.int64)[nzr.cpu().numpy()])
@@ -224,13 +230,14 @@ def read_probes(model, sae, layer: int, prompts: Sequence[EncodedPrompt], openin
             coo_v.append(pooled[nzr, nzc].double().cpu().numpy())
         bar.update(len(first_branch))
     bar.close()
-    readout = Readout(logp_openings=logp, hidden_tokens=hidden)
-    if feature_ids is not None:
-        readout.dense = np.concatenate(dense_rows) if dense_rows else np.zeros((0, len(feature_ids)))
-    else:
+    readout = Readout(logp_openings=logp, hidden_tokens=hidden, dense=dense)
+    if feature_ids is None:
         readout.coo_probe = np.concatenate(coo_p) if coo_p else np.zeros(0, np.int64)
         readout.coo_feature = np.concatenate(coo_f) if coo_f else np.zeros(0, np.int64)
         readout.coo_value = np.concatenate(coo_v) if coo_v else np.zeros(0)
+        order_nz = np.lexsort((readout.coo_feature, readout.coo_probe))  # stored sorted by (probe, feature)
+        readout.coo_probe, readout.coo_feature, readout.coo_value = (
+            readout.coo_probe[order_nz], readout.coo_feature[order_nz], readout.coo_value[order_nz])
     return readout
 
 

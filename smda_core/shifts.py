@@ -36,7 +36,7 @@ class ShiftSettings:
     steps: int = 1
     weight_decay: float = 0.0
     dtype: str = "float64"
-    batch_size: int = 256
+    batch_size: int = 64
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,10 @@ def linearised_dx(sae, feature_ids: np.ndarray, hidden_base: list[torch.Tensor],
     """
     cols = torch.as_tensor(feature_ids)
     W = sae.W_enc[:, cols]
+    if position in ("end_of_turn", "last"):  # one token per probe: all probes in one product
+        h0 = torch.cat(hidden_base).to(W.dtype)
+        h1 = torch.cat(hidden_new).to(W.dtype)
+        return (((h1 - h0) @ W) * (sae.encode(h0)[:, cols] > 0)).double().numpy()
     rows = []
     for h0, h1 in zip(hidden_base, hidden_new):
         h0 = h0.to(W.dtype)
