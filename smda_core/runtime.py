@@ -222,7 +222,7 @@ def read_probes(model, sae, layer: int, prompts: Sequence[EncodedPrompt], openin
             pooled = torch.stack(pooled_rows)
         idx = [i for _, i, _ in first_branch]
         if feature_ids is not None:
-            dense[idx] = pooled[:, torch.as_tensor(feature_ids, device=pooled.device)].double().cpu().numpy()
+            dense[idx] = pooled[:, torch.as_tensor(np.array(feature_ids), device=pooled.device)].double().cpu().numpy()
         else:
             nzr, nzc = torch.nonzero(pooled, as_tuple=True)
             coo_p.append(np.asarray(idx, dtype=np.int64)[nzr.cpu().numpy()])

@@ -131,11 +131,15 @@ def linearised_dx(sae, feature_ids: np.ndarray, hidden_base: list[torch.Tensor],
     return np.stack(rows)
 
 
-def _sft_batch(ids: list[int], n_prompt: int, device) -> dict[str, torch.Tensor]:
-    input_ids = torch.tensor([ids], device=device)
-    labels = input_ids.clone()
-    labels[:, :n_prompt] = -100  # loss on the response tokens only
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": torch.ones_like(input_ids)}
+def sft_loss(model, ids: list[int], n_prompt: int) -> torch.Tensor:
+    """Mean next-token cross-entropy over the response tokens, in the model's own dtype.
+
+    (transformers' built-in loss upcasts logits to float32, which would cap a float64
+    measurement at float32 precision.)
+    """
+    input_ids = torch.tensor([ids], device=next(model.parameters()).device)
+    logits = model(input_ids=input_ids).logits[0]
+    return torch.nn.functional.cross_entropy(logits[n_prompt - 1: len(ids) - 1], input_ids[0, n_prompt:])
 
 
 def _optimizer(params, s: ShiftSettings) -> torch.optim.Optimizer:
@@ -150,11 +154,10 @@ def apply_pair_update(model, ids: list[int], n_prompt: int, settings: ShiftSetti
     """`settings.steps` optimiser steps on one pair's SFT loss; returns the last loss."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _optimizer(params, settings)
-    batch = _sft_batch(ids, n_prompt, next(model.parameters()).device)
     loss_val = float("nan")
     for _ in range(settings.steps):
         opt.zero_grad(set_to_none=True)
-        loss = model(**batch).loss
+        loss = sft_loss(model, ids, n_prompt)
         if not torch.isfinite(loss):
             raise SMDAError(f"non-finite SFT loss {float(loss)}")
         loss.backward()

@@ -1,0 +1,147 @@
+"""Measured shifts: exact restoration, agreement with an independent fine-tune, and limits in lr."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from smda_core.api import attribute, measure_shifts, read_pairs
+from smda_core.attribution import delta_beta_linear, delta_beta_refit
+from smda_core.errors import SMDAError
+from smda_core.shifts import ProbeSetup, ShiftSettings, measure_pair_shifts
+
+
+def _setup(world, n_probes=None):
+    prompts = world.encoded if n_probes is None else world.encoded[:n_probes]
+    return ProbeSetup(prompts, world.refusal_openings, (), "log_refusal", "end_of_turn", world.hook_layer,
+                      world.tokenizer.pad_token_id)
+
+
+def _pairs(world, n):
+    t = read_pairs(world).slice(0, n)
+    return list(zip(t["pair_id"].to_pylist(), t["prompt"].to_pylist(), t["response"].to_pylist()))
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same_bits(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weights_restored_bit_for_bit_also_after_a_failure_mid_step(world, policy):
+    before = _state(world.model)
+    settings = ShiftSettings(dtype="float32", lr=1e-2)  # float32 = in place on the loaded model
+    measure_pair_shifts(world.model, world.tokenizer, world.sae, _setup(world, 20), policy.feature_ids,
+                        _pairs(world, 3), settings, progress=False)
+    assert _same_bits(before, _state(world.model))
+
+    def explode(optimizer, args, kwargs):  # after the optimiser changed the weights
+        raise RuntimeError("injected failure after the step")
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(explode)
+    try:
+        with pytest.raises(RuntimeError, match="injected failure"):
+            measure_pair_shifts(world.model, world.tokenizer, world.sae, _setup(world, 20), policy.feature_ids,
+                                _pairs(world, 2), settings, progress=False)
+    finally:
+        handle.remove()
+    assert _same_bits(before, _state(world.model))
+    assert all(p.grad is None for p in world.model.parameters())
+
+
+@torch.no_grad()
+def _refusal_logp(model, ids, openings):
+    total = []
+    for o in openings:
+        logits = model(input_ids=torch.tensor([list(ids) + list(o[:-1])])).logits[0].double()
+        lp = torch.log_softmax(logits, -1)
+        total.append(sum(float(lp[len(ids) - 1 + t, tok]) for t, tok in enumerate(o)))
+    return float(np.logaddexp.reduce(total))
+
+
+def test_delta_y_equals_an_independent_fine_tune(world, policy):
+    """Fine-tune a float64 copy by hand (response-token cross-entropy, p -= lr·grad) and re-score."""
+    lr = 1e-2
+    pair = _pairs(world, 1)
+    setup = _setup(world, 8)
+    shifts = measure_pair_shifts(world.model, world.tokenizer, world.sae, setup, policy.feature_ids, pair,
+                                 ShiftSettings(lr=lr, dtype="float64"), progress=False)
+    ref = copy.deepcopy(world.model).to(torch.float64)
+    msgs = [{"role": "user", "content": pair[0][1]}, {"role": "assistant", "content": pair[0][2]}]
+    full = world.tokenizer(world.tokenizer.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)["input_ids"]
+    n_prompt = len(world.tokenizer(world.tokenizer.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True),
+                                   add_special_tokens=False)["input_ids"])
+    before = [_refusal_logp(ref, p.input_ids, world.refusal_openings) for p in setup.prompts]
+    logits = ref(input_ids=torch.tensor([full])).logits[0]
+    targets = torch.tensor(full[n_prompt:])
+    loss = torch.nn.functional.cross_entropy(logits[n_prompt - 1: len(full) - 1], targets)
+    loss.backward()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p -= lr * p.grad
+    after = [_refusal_logp(ref, p.input_ids, world.refusal_openings) for p in setup.prompts]
+    np.testing.assert_allclose(shifts.dY[0], np.subtract(after, before), rtol=1e-7, atol=1e-10)
+    assert np.abs(shifts.dY[0]).max() > 1e-4  # the step did move the behaviour
+
+
+def test_linearised_dx_and_linear_attribution_approach_exact_as_lr_shrinks(world, policy):
+    """Within one TopK active set the encoder is linear in h, so linearised ΔX equals exact ΔX up
+    to rounding; they differ only where a feature entered or left the top k (a finite jump), and
+    those flips must vanish as lr shrinks. Linear Δβ then converges to refit Δβ."""
+    pairs = _pairs(world, 4)
+    dx_gaps, beta_gaps, flips = [], [], []
+    for lr in (1e-2, 1e-3, 1e-4):
+        s = measure_pair_shifts(world.model, world.tokenizer, world.sae, _setup(world), policy.feature_ids, pairs,
+                                ShiftSettings(lr=lr), progress=False)
+        kept = (s.X_base > 0)[None] == ((s.X_base + s.dX_exact) > 0)
+        flips.append(int(s.active_flips.sum()))
+        assert np.linalg.norm((s.dX_linearised - s.dX_exact)[kept]) <= 1e-8 * np.linalg.norm(s.dX_exact[kept])
+        dx_gaps.append(float(np.mean(np.abs(s.dX_linearised - s.dX_exact) > 1e-9 * np.abs(s.dX_exact).max())))
+        dZ = policy.shift(s.dX_exact)
+        refit = delta_beta_refit(policy.Z, policy.fit, dZ, s.dY).total
+        linear = delta_beta_linear(policy.Z, policy.fit, dZ, s.dY).total
+        beta_gaps.append(np.median(np.linalg.norm(linear - refit, axis=1) / np.linalg.norm(refit, axis=1)))
+    print("dx gaps", dx_gaps, "beta gaps", beta_gaps, "flips", flips)
+    assert dx_gaps[0] > dx_gaps[1] >= dx_gaps[2], dx_gaps  # share of entries where they differ
+    assert flips[0] > flips[1] >= flips[2]
+    assert beta_gaps[0] > beta_gaps[1] > beta_gaps[2], beta_gaps
+    assert beta_gaps[2] < 0.05
+
+
+@pytest.fixture(scope="module")
+def kind_sample(world, probe_scores, policy):
+    """All the bad pairs and as many good ones of each kind: what the kind-level checks need."""
+    pairs = read_pairs(world)
+    kinds = np.array(pairs["kind"].to_pylist())
+    take = []
+    for kind in ("harmful_compliance", "harmless_refusal", "harmful_refusal", "harmless_compliance"):
+        take += list(np.flatnonzero(kinds == kind)[:12])
+    sample = pairs.take(sorted(take))
+    shifts = measure_shifts(world, policy, sample, progress=False)
+    attr = attribute(world, policy, probe_scores, shifts, sample)
+    return sample, shifts, attr
+
+
+def test_pair_kinds_move_refusal_the_way_they_teach(kind_sample):
+    sample, _, attr = kind_sample
+    summary = attr.to_arrow()["pair_summary"].to_pandas()
+    summary["kind"] = sample["kind"].to_pylist()
+    by = summary.groupby("kind")[["dy_harmful", "dy_harmless"]].mean()
+    assert by.loc["harmful_refusal", "dy_harmful"] > 0
+    assert by.loc["harmful_compliance", "dy_harmful"] < 0
+    assert by.loc["harmless_refusal", "dy_harmless"] > by.loc["harmless_compliance", "dy_harmless"]
+    assert summary["flagged"].any()
+
+
+def test_a_non_finite_loss_is_an_error_naming_the_pair(world, policy):
+    settings = ShiftSettings(lr=1e30, steps=3, dtype="float32")
+    with pytest.raises(SMDAError, match="pair"):
+        measure_pair_shifts(world.model, world.tokenizer, world.sae, _setup(world, 4), policy.feature_ids,
+                            _pairs(world, 1), settings, progress=False)
