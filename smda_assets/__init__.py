@@ -1,0 +1,1 @@
+"""Dagster code location of the SMDA warehouse: assets that wire `smda_core` into DuckDB."""

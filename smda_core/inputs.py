@@ -821,3 +821,11 @@ def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
         for row in rows:
             fh.write(json.dumps(dict(row), ensure_ascii=False, sort_keys=False) + "\n")
     return path
+
+
+def file_batch_id(path: str | Path) -> str:
+    """The batch id of an SFT file: its stem plus 8 hex of its content hash (a changed file is a new batch)."""
+    p = Path(path)
+    _check_file(p)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", p.stem)
+    return f"{stem}-{hashlib.sha256(p.read_bytes()).hexdigest()[:8]}"

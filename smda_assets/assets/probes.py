@@ -1,0 +1,95 @@
+"""Probe-side assets: the probe file, one forward pass (features + behaviour), the policy, labels."""
+
+
+import dagster as dg
+
+from smda_assets.assets._meta import table_metadata
+from smda_assets.resources import SMDAResource
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec("probes", group_name="probes", description="Validated probe prompts with category and harmful labels"),
+        dg.AssetSpec("features", group_name="probes", description="Sparse SAE features (probe, feature, activation ≠ 0)"),
+        dg.AssetSpec("behaviour_scores", group_name="probes", description="Refusal behaviour y, refusal_prob, refused"),
+    ],
+    can_subset=False,
+)
+def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
+    """Load model + SAE, read every probe once: features at the configured position and behaviour."""
+    from smda_core.api import load_world, measure_probes
+    from smda_core.tables import probe_tables
+    from smda_core.warehouse import replace_table
+
+    world = load_world(smda.config())
+    context.log.info(f"model {world.model_name}, SAE {world.sae_name}, hook {world.hook_name}, {len(world.probes)} probes")
+    scores = measure_probes(world)
+    tables = probe_tables(world.probes, scores)
+    con = smda.connect()
+    try:
+        for name, table in tables.items():
+            replace_table(con, name if name != "behaviour_scores" else "probe_scores", table)
+    finally:
+        con.close()
+    smda.save("probe_scores", scores)
+    for name, table in tables.items():
+        yield dg.MaterializeResult(asset_key=name, metadata=table_metadata(table))
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec("policy", group_name="policy", deps=["features", "behaviour_scores"],
+                     description="The symbolic policy: selected features and ridge coefficients"),
+        dg.AssetSpec("policy_fit", group_name="policy", deps=["features", "behaviour_scores"],
+                     description="R², LOO R², λ, held-out accuracy against the majority baseline"),
+        dg.AssetSpec("feature_labels", group_name="policy", deps=["features"],
+                     description="Feature names: imported export or automatic labels"),
+    ],
+    check_specs=[dg.AssetCheckSpec("beats_majority_baseline", asset="policy_fit")],
+    can_subset=False,
+)
+def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
+    """Fit the policy on the stored probe readout, label its features, render the formula."""
+    from smda_core.api import feature_labels, fit_policy, formula, load_world
+    from smda_core.tables import policy_tables
+    from smda_core.warehouse import replace_table
+
+    cfg = smda.config()
+    scores = smda.load("probe_scores")
+    world = load_world(cfg, progress=False)
+    policy = fit_policy(world, scores)
+    labels = feature_labels(world, policy)
+    text = formula(world, policy, labels)
+    tables = policy_tables(policy, scores, labels, preset=cfg.preset, model=world.model_name, sae=world.sae_name,
+                           hook=world.hook_name, position=cfg.features.position, behaviour=cfg.behaviour.kind,
+                           dtype=cfg.model.dtype, formula=text)
+    con = smda.connect()
+    try:
+        for name, table in tables.items():
+            replace_table(con, name, table)
+    finally:
+        con.close()
+    smda.save("policy", policy)
+    context.log.info(text)
+    fit = {"lambda": policy.lam, "r2": policy.r2, "loo_r2": policy.loo_r2, "accuracy": policy.accuracy,
+           "majority_baseline": policy.majority_baseline, "k": policy.k}
+    yield dg.MaterializeResult(asset_key="policy", metadata={**table_metadata(tables["policy_features"]),
+                                                              "formula": dg.MetadataValue.md(f"`{text}`")})
+    yield dg.MaterializeResult(asset_key="policy_fit", metadata={**table_metadata(tables["policy_fit"]), **fit})
+    yield dg.MaterializeResult(asset_key="feature_labels", metadata=table_metadata(tables["feature_labels"]))
+    yield dg.AssetCheckResult(
+        check_name="beats_majority_baseline", asset_key="policy_fit", passed=bool(policy.accuracy > policy.majority_baseline),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"accuracy": policy.accuracy, "majority_baseline": policy.majority_baseline})
+
+
+@dg.asset_check(asset="features", description="No NaN or infinite activation was stored")
+def features_are_finite(smda: SMDAResource) -> dg.AssetCheckResult:
+    from smda_core.warehouse import connect
+
+    con = connect(smda.warehouse, read_only=True)
+    try:
+        bad = con.execute("SELECT count(*) FROM smda.features WHERE NOT isfinite(activation)").fetchone()[0]
+    finally:
+        con.close()
+    return dg.AssetCheckResult(passed=bad == 0, metadata={"non_finite": int(bad)})

@@ -1,0 +1,151 @@
+"""The `smda` command: thin typer commands over smda_core and the Dagster materialisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Symbolic Mechanistic Data Attribution warehouse.", no_args_is_help=True)
+console = Console()
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="smda.yaml (default: the embedded demo)")]
+WarehouseOpt = Annotated[str | None, typer.Option("--warehouse", help="DuckDB file (default: from the config)")]
+
+EXAMPLE_QUERIES = {
+    "Category gaps (lowest refusal among harmful categories first)":
+        "SELECT category, harmful, n, round(mean_refusal_prob, 3) AS refusal, round(refusal_gap, 3) AS gap "
+        "FROM smda.v_category_gaps ORDER BY harmful DESC, mean_refusal_prob LIMIT 6",
+    "Pairs that most reinforce refusal on harmful probes, with their metadata":
+        "SELECT s.pair_id, p.kind, p.category, round(s.dy_harmful * 1e4, 2) AS dy_harmful_e4, round(s.correctness_shift * 1e4, 2) AS corr_e4 "
+        "FROM smda.v_pair_summary s JOIN smda.v_sft_pairs p USING (pair_id) ORDER BY s.dy_harmful DESC LIMIT 5",
+    "Top policy features": "SELECT feature_id, rank, round(coef, 3) AS coef, label FROM smda.v_policy ORDER BY rank LIMIT 5",
+}
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=1)
+
+
+def _warehouse(config: str | None, warehouse: str | None) -> Path:
+    from smda_core.config import load_config
+
+    return Path(warehouse or load_config(config).warehouse)
+
+
+def _print_table(table, title: str | None = None, limit: int = 50) -> None:
+    t = Table(title=title, show_lines=False)
+    for name in table.column_names:
+        t.add_column(name)
+    for row in table.slice(0, limit).to_pylist():
+        t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()])
+    console.print(t)
+    if table.num_rows > limit:
+        console.print(f"… {table.num_rows - limit} more rows")
+
+
+@app.command()
+def demo(warehouse: WarehouseOpt = None) -> None:
+    """Build the demo world if not cached, materialise every asset, show the policy and example queries."""
+    _materialize(None, warehouse)
+    path = _warehouse(None, warehouse)
+    _show_policy(path)
+    from smda_core.warehouse import query
+
+    _print_table(query(path, "SELECT pair_id, dominant_feature, dominant_label, round(interference, 3) AS interference "
+                             "FROM smda.v_interference ORDER BY interference DESC LIMIT 5"), "Five most interfering pairs")
+    for title, sql in EXAMPLE_QUERIES.items():
+        console.print(f"[bold]{title}[/]\n[dim]{sql}[/]")
+        _print_table(query(path, sql))
+
+
+def _materialize(config: str | None, warehouse: str | None) -> None:
+    from smda_assets.run import materialize_all
+    from smda_core.errors import SMDAError
+
+    try:
+        batches = materialize_all(config, warehouse)
+    except SMDAError as exc:
+        _fail(exc)
+    console.print(f"[green]materialised[/] probes, policy, {len(batches)} SFT batch(es) and the views")
+
+
+@app.command()
+def materialize(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
+    """Materialise every asset for a config (one-shot, no daemon)."""
+    _materialize(config, warehouse)
+
+
+@app.command("query")
+def query_cmd(sql: str, config: ConfigOpt = None, warehouse: WarehouseOpt = None,
+              format: Annotated[str, typer.Option("--format", help="table|csv|json|parquet")] = "table",
+              out: Annotated[Path | None, typer.Option("--out", help="file to write (csv/json/parquet)")] = None) -> None:
+    """Run SQL on a read-only connection to the warehouse."""
+    from smda_core.errors import SMDAError
+    from smda_core.warehouse import query
+
+    try:
+        table = query(_warehouse(config, warehouse), sql)
+    except SMDAError as exc:
+        _fail(exc)
+    if format == "table":
+        _print_table(table)
+        return
+    if format not in ("csv", "json", "parquet"):
+        _fail(ValueError(f"--format {format}: use table, csv, json or parquet"))
+    if format == "parquet" and out is None:
+        _fail(ValueError("--format parquet needs --out FILE"))
+    import io
+    import json
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if format == "parquet":
+        pq.write_table(table, out)
+    elif format == "csv":
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf)
+        text = buf.getvalue().decode()
+        out.write_text(text) if out else typer.echo(text, nl=False)
+    else:
+        text = json.dumps(table.to_pylist(), default=str, indent=1)
+        out.write_text(text) if out else typer.echo(text)
+
+
+def _show_policy(path: Path) -> None:
+    from smda_core.warehouse import query
+
+    fit = query(path, "SELECT * FROM smda.v_policy_fit").to_pylist()
+    if not fit:
+        _fail(ValueError(f"{path}: no policy fitted yet; run `smda materialize`"))
+    f = fit[0]
+    console.print(f"[bold]{f['formula']}[/]")
+    console.print(f"λ={f['lambda']:.4g}  R²={f['r2']:.3f}  LOO R²={f['loo_r2']:.3f}  held-out accuracy={f['accuracy']:.3f} "
+                  f"(majority baseline {f['majority_baseline']:.3f})  n={f['n_probes']} k={f['k']}  preset={f['preset']}  "
+                  f"{f['hook']} @ {f['position']}")
+
+
+@app.command()
+def policy(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
+    """The policy formula and its fit report."""
+    _show_policy(_warehouse(config, warehouse))
+
+
+@app.command()
+def separation(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
+    """How well each pair score separates the deliberately bad pairs from the good ones of the same prompt kind (AUC)."""
+    from smda_core.evaluation import separation_table
+    from smda_core.warehouse import query
+
+    path = _warehouse(config, warehouse)
+    rows = query(path, "SELECT s.*, p.kind FROM smda.v_pair_summary s JOIN smda.v_sft_pairs p USING (pair_id)")
+    _print_table(separation_table(rows.to_pandas()), "AUC = P(score of a good pair > score of a bad pair)")
+
+
+if __name__ == "__main__":
+    app()

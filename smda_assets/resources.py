@@ -1,0 +1,51 @@
+"""One resource: the validated config, the warehouse file, and the folder of intermediate artefacts."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+
+class SMDAResource(dg.ConfigurableResource):
+    """Where the config lives (None = `$SMDA_CONFIG`, else the embedded demo) and an optional warehouse override."""
+
+    config_path: str | None = None
+    warehouse_path: str | None = None
+
+    def config(self):
+        from smda_core.config import load_config
+
+        return load_config(self.config_path or os.environ.get("SMDA_CONFIG") or None)
+
+    @property
+    def warehouse(self) -> Path:
+        return Path(self.warehouse_path or os.environ.get("SMDA_WAREHOUSE") or self.config().warehouse)
+
+    def connect(self):
+        from smda_core.warehouse import connect, ensure_schema
+
+        con = connect(self.warehouse)
+        ensure_schema(con)
+        return con
+
+    @property
+    def artifacts(self) -> Path:
+        """Numeric state passed between assets (pickled core objects), next to the DuckDB file."""
+        return self.warehouse.parent / "artifacts"
+
+    def save(self, name: str, obj: Any) -> None:
+        path = self.artifacts / f"{name}.pkl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps(obj))
+        tmp.replace(path)  # atomic: a crash never leaves half an artefact
+
+    def load(self, name: str) -> Any:
+        path = self.artifacts / f"{name}.pkl"
+        if not path.exists():
+            raise dg.Failure(f"{path} is missing: materialise the upstream asset first")
+        return pickle.loads(path.read_bytes())

@@ -1,0 +1,312 @@
+"""The DuckDB warehouse: table layouts, atomic writes, the public views and read-only queries.
+
+This module owns DuckDB. One file (default ``warehouse/warehouse.duckdb``) holds schema
+``smda``; tables hold what the pipeline materialises and the views in ``sql/*.sql`` are the
+public interface (DESIGN §6). Every write goes through :func:`replace_table` or
+:func:`replace_partition`, each one transaction that rolls back and re-raises on error, so a
+re-run replaces rows instead of duplicating them. Values always travel as bound parameters
+(``?``) or as registered Arrow tables; only identifiers (quoted) are spliced into SQL.
+
+DuckDB allows one writing process; queries open the file read-only (:func:`query`,
+:func:`ibis_connection`, :func:`row_counts`).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from smda_core.errors import SMDAError
+
+SCHEMA = "smda"
+DEFAULT_PATH = Path("warehouse/warehouse.duckdb")
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+
+_S, _F, _I32, _I64, _B = pa.string(), pa.float64(), pa.int32(), pa.int64(), pa.bool_()
+
+
+def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([pa.field(n, t) for n, t in fields])
+
+
+TABLES: dict[str, pa.Schema] = {
+    "probes": _schema(("probe_id", _S), ("prompt", _S), ("category", _S), ("harmful", _B), ("refused", _B),
+                      ("content_hash", _S)),
+    "behaviour_scores": _schema(("probe_id", _S), ("behaviour", _F), ("refusal_prob", _F), ("refused", _B),
+                                ("refused_source", _S)),
+    "probe_scores": _schema(("probe_id", _S), ("behaviour", _F), ("refusal_prob", _F), ("refused", _B),
+                            ("refused_source", _S), ("predicted", _F), ("heldout", _B)),
+    "features": _schema(("probe_id", _S), ("feature_id", _I32), ("activation", _F)),
+    "probe_contributions": _schema(("probe_id", _S), ("feature_id", _I32), ("contribution", _F)),
+    "feature_labels": _schema(("feature_id", _I32), ("label", _S), ("source", _S), ("top_probes", _S)),
+    "policy_features": _schema(("feature_id", _I32), ("rank", _I32), ("coef", _F), ("mean", _F), ("std", _F),
+                               ("direction", _S), ("statistic", _F), ("statistic_name", _S)),
+    "policy_fit": _schema(("lambda", _F), ("r2", _F), ("loo_r2", _F), ("accuracy", _F), ("majority_baseline", _F),
+                          ("intercept", _F), ("threshold", _F), ("n_probes", _I32), ("k", _I32), ("preset", _S),
+                          ("model", _S), ("sae", _S), ("hook", _S), ("position", _S), ("behaviour", _S),
+                          ("design", _S), ("dtype", _S), ("formula", _S), ("fitted_at", pa.timestamp("us"))),
+    "sft_pairs": _schema(("pair_id", _S), ("batch_id", _S), ("prompt", _S), ("response", _S), ("content_hash", _S),
+                         ("source_file", _S), ("line", _I64), ("metadata_json", _S)),
+    "pair_attribution": _schema(("pair_id", _S), ("batch_id", _S), ("feature_id", _I32), ("method", _S),
+                                ("delta_beta", _F), ("via_x", _F), ("via_y", _F), ("via_xy", _F),
+                                ("contribution", _F)),
+    "pair_summary": _schema(("pair_id", _S), ("batch_id", _S), ("alignment", _F), ("alignment_refit", _F),
+                            ("alignment_linear", _F), ("correctness_shift", _F), ("dy_harmful", _F),
+                            ("dy_harmless", _F), ("active_flips", _I64), ("dominant_feature", _I32),
+                            ("dominant_share", _F), ("intended_features", _S), ("interference", _F), ("flagged", _B),
+                            ("seconds", _F), ("method", _S)),
+    "pair_group_effects": _schema(("pair_id", _S), ("batch_id", _S), ("group", _S), ("feature_id", _I32),
+                                  ("activation_part", _F), ("weight_part", _F), ("dy", _F)),
+    "pair_group_shift": _schema(("pair_id", _S), ("batch_id", _S), ("group", _S), ("n_probes", _I64), ("dy", _F),
+                                ("dp", _F)),
+    "pair_shifts": _schema(("pair_id", _S), ("batch_id", _S), ("probe_id", _S), ("feature_id", _I32), ("dz", _F),
+                           ("dy", _F)),
+}
+"""Table name → Arrow schema of the ``smda`` tables. Partitioned tables carry ``batch_id``."""
+
+_DUCK_TYPES = {_S: "VARCHAR", _F: "DOUBLE", _I32: "INTEGER", _I64: "BIGINT", _B: "BOOLEAN",
+               pa.timestamp("us"): "TIMESTAMP"}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_INCOMING = "_smda_incoming"
+
+
+def _ident(name: str) -> str:
+    """Quote an identifier for DuckDB (``group`` and ``lambda`` are keywords; metadata names are user data)."""
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def _table_ref(name: str) -> str:
+    if not _NAME.match(name):
+        raise SMDAError(f"invalid warehouse table name {name!r}: use letters, digits and underscores")
+    return f"{SCHEMA}.{_ident(name)}"
+
+
+def ddl(name: str) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` statement of one table of :data:`TABLES`."""
+    cols = ", ".join(f"{_ident(f.name)} {_DUCK_TYPES[f.type]}" for f in TABLES[name])
+    return f"CREATE TABLE IF NOT EXISTS {_table_ref(name)} ({cols})"
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create schema ``smda`` and every table of :data:`TABLES` unless they exist (views bind before any data)."""
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    for name in TABLES:
+        con.execute(ddl(name))
+
+
+def connect(path: str | Path = DEFAULT_PATH, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse file.
+
+    Args:
+        path: the DuckDB file; its parent folder is created when writing.
+        read_only: open for queries only (many readers may share the file; one writer may not).
+
+    Returns:
+        A DuckDB connection; writing connections already hold schema ``smda`` and its tables.
+
+    Raises:
+        SMDAError: the file is missing (read-only), named ``smda.duckdb``, or locked by another writer.
+    """
+    path = Path(path)
+    if path.stem == SCHEMA:
+        raise SMDAError(f"warehouse file {path} is named after schema '{SCHEMA}': DuckDB would make "
+                        f"'{SCHEMA}.v_policy' ambiguous; use e.g. warehouse/warehouse.duckdb")
+    if read_only and not path.exists():
+        raise SMDAError(f"no warehouse at {path}: materialise the pipeline first")
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.Error as e:
+        raise SMDAError(f"cannot open warehouse {path}{' read-only' if read_only else ''}: {e} "
+                        "(DuckDB allows one writing process; is another step or session writing to it?)") from e
+    if not read_only:
+        ensure_schema(con)
+    return con
+
+
+def _columns(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, str]:
+    rows = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? AND table_name = ?",
+                       [SCHEMA, name]).fetchall()
+    return {c.lower(): t for c, t in rows}
+
+
+def _write(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table, where: str | None, params: list) -> int:
+    """Delete (all rows or ``where``) and insert ``table`` by column name, in one transaction."""
+    ref = _table_ref(name)
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    con.register(_INCOMING, table)
+    try:
+        con.begin()
+        try:
+            existing = _columns(con, name)
+            if not existing:  # a table outside TABLES: take the layout of the first write
+                con.execute(f"CREATE TABLE {ref} AS SELECT * FROM {_INCOMING} LIMIT 0")
+            else:
+                incoming = con.execute(f"DESCRIBE SELECT * FROM {_INCOMING}").fetchall()
+                for col, typ, *_ in incoming:
+                    if col.lower() not in existing:
+                        typ = "VARCHAR" if typ.strip('"') == "NULL" else typ
+                        con.execute(f"ALTER TABLE {ref} ADD COLUMN {_ident(col)} {typ}")
+            con.execute(f"DELETE FROM {ref}" + (f" WHERE {where}" if where else ""), params)
+            con.execute(f"INSERT INTO {ref} BY NAME SELECT * FROM {_INCOMING}")
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+    finally:
+        con.unregister(_INCOMING)
+    return table.num_rows
+
+
+def replace_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> int:
+    """Replace every row of ``smda.<name>`` with ``table`` in one transaction.
+
+    Columns are matched by name; table columns missing from ``table`` become NULL, and columns of
+    ``table`` the warehouse lacks are added first (``ALTER TABLE ADD COLUMN``: SFT pairs keep every
+    metadata field as a column). On any error the transaction rolls back (old rows, old columns)
+    and the error is re-raised.
+
+    Returns:
+        The number of rows written.
+    """
+    return _write(con, name, table, None, [])
+
+
+def replace_partition(con: duckdb.DuckDBPyConnection, name: str, key_column: str, key, table: pa.Table) -> int:
+    """Replace the rows of ``smda.<name>`` whose ``key_column`` equals ``key`` with ``table``, atomically.
+
+    Idempotent: writing the same partition twice leaves one copy; other partitions are untouched.
+    ``table`` gets ``key_column`` filled with ``key`` when it lacks it, and must not hold other keys.
+
+    Returns:
+        The number of rows written.
+
+    Raises:
+        SMDAError: ``table`` holds rows of another partition.
+    """
+    if key_column not in table.column_names:
+        table = table.append_column(key_column, pa.array([key] * table.num_rows))
+    elif table.num_rows:
+        col = table[key_column]
+        others = pc.sum(pc.fill_null(pc.not_equal(col, pa.scalar(key, col.type)), True)).as_py()
+        if others:
+            raise SMDAError(f"replace_partition({name!r}, {key_column}={key!r}): {others} rows of the table "
+                            "belong to another partition")
+    return _write(con, name, table, f"{_ident(key_column)} = ?", [key])
+
+
+def apply_views(con: duckdb.DuckDBPyConnection, sql_dir: str | Path = SQL_DIR) -> list[str]:
+    """Create the public views: run every ``sql_dir/*.sql`` in file-name order, in one transaction.
+
+    Each file holds one or more ``CREATE OR REPLACE VIEW smda.v_... AS ...``. Tables are created
+    first, so the views exist on an empty warehouse.
+
+    Returns:
+        The file names applied.
+
+    Raises:
+        SMDAError: a file fails; no view of this call is kept.
+    """
+    files = sorted(Path(sql_dir).glob("*.sql"))
+    if not files:
+        raise SMDAError(f"no view definitions (*.sql) in {sql_dir}")
+    ensure_schema(con)
+    con.begin()
+    try:
+        for f in files:
+            try:
+                con.execute(f.read_text())
+            except duckdb.Error as e:
+                raise SMDAError(f"view file {f}: {e}") from e
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return [f.name for f in files]
+
+
+def query(path: str | Path, sql: str, params: list | None = None) -> pa.Table:
+    """Run ``sql`` on a read-only connection and return the result as an Arrow table.
+
+    Raises:
+        SMDAError: the statement writes (INSERT, DROP, CREATE, ...): the warehouse is opened
+            read-only for queries; or the query fails otherwise.
+    """
+    con = connect(path, read_only=True)
+    try:
+        rel = con.sql(sql, params=params) if params else con.sql(sql)
+        return rel.to_arrow_table() if rel is not None else pa.table({})
+    except duckdb.Error as e:
+        if "read-only" in str(e):
+            raise SMDAError(f"the warehouse {path} is opened read-only for queries; writes (INSERT, UPDATE, DELETE, "
+                            f"CREATE, DROP, ...) go through the pipeline: {e}") from e
+        raise SMDAError(f"query failed on {path}: {e}") from e
+    finally:
+        con.close()
+
+
+class _DuckDB2Compat:
+    """A DuckDB connection with the cursor methods ibis 12 calls, which DuckDB 2 removed from connections.
+
+    ibis 12's ``list_tables``, ``list_databases``, ``sql`` and ``to_pyarrow_batches`` call
+    ``con.execute(...).fetch_arrow_table()`` / ``.fetch_record_batch()``; DuckDB 2.0 names them
+    ``to_arrow_table`` / ``to_arrow_reader``. Everything else is the wrapped connection's.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self._con = con
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+    def execute(self, *args, **kwargs):
+        self._con.execute(*args, **kwargs)
+        return self
+
+    def fetch_arrow_table(self) -> pa.Table:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")
+            return self._con.to_arrow_table()
+
+    def fetch_record_batch(self, rows_per_batch: int = 1_000_000) -> pa.RecordBatchReader:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")
+            return self._con.to_arrow_reader(rows_per_batch)
+
+
+def ibis_connection(path: str | Path = DEFAULT_PATH):
+    """A read-only ibis DuckDB backend on the warehouse.
+
+    Read a view with ``con.table("v_policy", database="smda")``; ``con.list_tables(database="smda")``
+    lists the tables and views. Writes fail (the file is opened read-only).
+    """
+    import ibis
+
+    path = Path(path)
+    if not path.exists():
+        raise SMDAError(f"no warehouse at {path}: materialise the pipeline first")
+    try:
+        backend = ibis.duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as e:
+        raise SMDAError(f"cannot open warehouse {path} read-only: {e}") from e
+    if not hasattr(backend.con, "fetch_arrow_table"):
+        backend.con = _DuckDB2Compat(backend.con)
+    return backend
+
+
+def row_counts(path: str | Path = DEFAULT_PATH) -> dict[str, int]:
+    """Row count of every public view ``smda.v_*``, by view name."""
+    con = connect(path, read_only=True)
+    try:
+        views = [v for (v,) in con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE schema_name = ? AND starts_with(view_name, 'v_') "
+            "ORDER BY view_name", [SCHEMA]).fetchall()]
+        return {v: con.execute(f"SELECT count(*) FROM {_table_ref(v)}").fetchone()[0] for v in views}
+    finally:
+        con.close()

@@ -1,0 +1,4 @@
+-- One row per (pair, probe, policy feature): dz in design-matrix units and dy of that probe.
+CREATE OR REPLACE VIEW smda.v_pair_shifts AS
+SELECT pair_id, batch_id, probe_id, feature_id, dz, dy
+FROM smda.pair_shifts;

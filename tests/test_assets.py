@@ -1,0 +1,121 @@
+"""The warehouse end to end: Dagster materialisation into a temp DuckDB, views checked against smda_core."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import CACHE, ROOT
+from smda_core import inputs
+from smda_core.warehouse import query, row_counts
+
+CONTRACT = {
+    "v_policy": {"feature_id", "rank", "coef", "label", "mean", "std", "direction"},
+    "v_policy_fit": {"lambda", "r2", "loo_r2", "accuracy", "majority_baseline", "intercept", "n_probes", "k", "preset",
+                     "model", "sae", "hook", "fitted_at"},
+    "v_probe_scores": {"probe_id", "category", "harmful", "refused", "behaviour", "refusal_prob", "predicted"},
+    "v_category_gaps": {"category", "harmful", "n", "mean_refusal_prob", "mean_behaviour", "mean_predicted", "top_features"},
+    "v_pair_attribution": {"pair_id", "feature_id", "label", "delta_beta", "via_x", "via_y", "via_xy", "contribution", "method"},
+    "v_pair_summary": {"pair_id", "batch_id", "alignment", "correctness_shift", "dy_harmful", "dy_harmless", "active_flips",
+                       "dominant_feature", "dominant_share", "intended_features", "interference", "flagged"},
+    "v_feature_top_pairs": {"feature_id", "pair_id", "delta_beta", "rank"},
+    "v_interference": {"pair_id", "dominant_feature", "intended_features", "interference"},
+    "v_pair_shifts": {"pair_id", "probe_id", "feature_id", "dz", "dy"},
+    "v_sft_pairs": {"pair_id", "batch_id", "prompt", "response", "content_hash", "kind", "category", "source"},
+    "v_features": {"probe_id", "feature_id", "activation"},
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, world):
+    """A config with a small SFT file (6 pairs of the demo set), materialised by Dagster into a temp warehouse."""
+    from smda_assets.run import materialize_all
+    from smda_core.api import world_sources
+
+    tmp = tmp_path_factory.mktemp("wh")
+    demo_pairs = [json.loads(l) for l in open(world_sources(world.config, progress=False)["sft"][0])]
+    small = tmp / "sft" / "batch_a.jsonl"
+    inputs.write_jsonl(small, demo_pairs[:6])
+    cfg = tmp / "smda.yaml"
+    cfg.write_text(yaml.safe_dump({"demo": {"cache_dir": CACHE}, "data": {"sft": [str(small)]},
+                                   "warehouse": str(tmp / "warehouse.duckdb")}))
+    batches = materialize_all(str(cfg))
+    return cfg, tmp / "warehouse.duckdb", small, batches
+
+
+def test_every_contract_view_has_rows_and_columns(built):
+    _, wh, _, _ = built
+    counts = row_counts(wh)
+    for view, cols in CONTRACT.items():
+        assert counts[view] > 0, view
+        have = set(query(wh, f"SELECT * FROM smda.{view} LIMIT 0").column_names)
+        assert cols <= have, (view, cols - have)
+
+
+def test_rematerialising_replaces_rows(built):
+    from smda_assets.run import materialize_all
+
+    cfg, wh, _, _ = built
+    before = row_counts(wh)
+    materialize_all(str(cfg))
+    assert row_counts(wh) == before
+
+
+def test_views_equal_a_direct_smda_core_computation(built, world, probe_scores, policy):
+    from smda_core.api import attribute, measure_shifts
+
+    _, wh, small, batches = built
+    got = {r["feature_id"]: r["coef"] for r in query(wh, "SELECT feature_id, coef FROM smda.v_policy").to_pylist()}
+    assert got.keys() == set(policy.feature_ids.tolist())
+    np.testing.assert_allclose([got[f] for f in policy.feature_ids], policy.coef, rtol=1e-9)
+
+    pairs = inputs.read_sft_pairs(small, batch_id=batches[0]).slice(0, 1)
+    attr = attribute(world, policy, probe_scores, measure_shifts(world, policy, pairs, progress=False), pairs)
+    for method, split in attr.splits.items():
+        rows = query(wh, "SELECT feature_id, delta_beta, via_x, via_y FROM smda.v_pair_attribution WHERE pair_id = ? AND method = ?",
+                     [pairs["pair_id"][0].as_py(), method]).to_pylist()
+        by_id = {r["feature_id"]: r for r in rows}
+        np.testing.assert_allclose([by_id[f]["delta_beta"] for f in policy.feature_ids], split.total[0], rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose([by_id[f]["via_y"] for f in policy.feature_ids], split.via_y[0], rtol=1e-6, atol=1e-12)
+
+    gaps = {r["category"]: r["mean_refusal_prob"] for r in query(wh, "SELECT * FROM smda.v_category_gaps").to_pylist()}
+    for cat in ("weapons", "cooking"):
+        assert gaps[cat] == pytest.approx(probe_scores.refusal_prob[probe_scores.category == cat].mean(), rel=1e-9)
+
+
+def test_query_command_refuses_to_write(built):
+    from smda_assets.cli import app
+
+    cfg, wh, _, _ = built
+    before = row_counts(wh)
+    runner = CliRunner()
+    for sql in ("INSERT INTO smda.features VALUES ('x', 1, 1.0)", "DROP TABLE smda.features"):
+        res = runner.invoke(app, ["query", sql, "--config", str(cfg)])
+        assert res.exit_code == 1 and "read-only" in res.output
+    assert row_counts(wh) == before
+    ok = runner.invoke(app, ["query", "SELECT count(*) AS n FROM smda.v_policy", "--config", str(cfg), "--format", "json"])
+    assert ok.exit_code == 0 and json.loads(ok.output)[0]["n"] > 0
+
+
+def test_definitions_load_like_dg_does():
+    import dagster as dg
+
+    from smda_assets.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"probes", "features", "behaviour_scores", "policy", "policy_fit", "feature_labels", "sft_pairs",
+            "pair_shifts", "pair_attribution", "pair_summary", "views"} <= keys
+
+
+def test_definitions_import_no_heavy_libraries():
+    code = ("import sys, smda_assets.definitions; "
+            "print([m for m in ('torch', 'transformers', 'sae_lens') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
