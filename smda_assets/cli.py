@@ -144,7 +144,9 @@ def separation(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None
 
     path = _warehouse(config, warehouse)
     rows = query(path, "SELECT s.*, p.kind FROM smda.v_pair_summary s JOIN smda.v_sft_pairs p USING (pair_id)")
-    _print_table(separation_table(rows.to_pandas()), "AUC = P(score of a good pair > score of a bad pair)")
+    import pyarrow as pa
+
+    _print_table(pa.Table.from_pandas(separation_table(rows.to_pandas()), preserve_index=False), "AUC = P(score of a good pair > score of a bad pair)")
 
 
 if __name__ == "__main__":
