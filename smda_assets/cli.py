@@ -137,6 +137,44 @@ def policy(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
 
 
 @app.command()
+def fit(config: ConfigOpt = None,
+        preset: Annotated[str | None, typer.Option(help="override the config's preset: default or paper")] = None) -> None:
+    """Fit the policy directly (no warehouse) and print the formula and fit report; compares presets quickly."""
+    from smda_core.api import fit_policy, formula, load_world, measure_probes
+    from smda_core.config import load_config
+    from smda_core.errors import SMDAError
+
+    try:
+        cfg = load_config(config, **({"preset": preset} if preset else {}))
+        world = load_world(cfg)
+        policy = fit_policy(world, measure_probes(world))
+    except SMDAError as exc:
+        _fail(exc)
+    console.print(f"[bold]{formula(world, policy)}[/]")
+    console.print(f"preset={cfg.preset}  λ={policy.lam:.4g}  R²={policy.r2:.3f}  LOO R²={policy.loo_r2:.3f}  "
+                  f"held-out accuracy={policy.accuracy:.3f}  majority baseline={policy.majority_baseline:.3f}  "
+                  f"n={policy.n} k={policy.k}")
+
+
+@app.command()
+def world(config: ConfigOpt = None) -> None:
+    """Build (if needed) the demo world of the config and print its build report: time, SAE L0 and explained variance."""
+    import json
+
+    from smda_core.config import load_config
+    from smda_core.demo.build import ensure_demo_world
+
+    cfg = load_config(config)
+    paths = ensure_demo_world(cfg.demo)
+    report = json.loads(paths.report.read_text())
+    sae = report["sae"]
+    console.print(f"demo world {paths.root}: {report['n_parameters']:,} parameters, vocab {report['vocab_size']}, "
+                  f"built in {report['seconds']['total']:.0f} s (model {report['seconds']['model']:.0f} s, SAE {report['seconds']['sae']:.0f} s)")
+    console.print(f"SAE: d_sae={sae['d_sae']} k={sae['k']} L0={sae['l0']:.2f} explained variance={sae['explained_variance']:.4f} "
+                  f"dead share={sae['dead_share']:.3f} on {sae['n_tokens']:,} tokens")
+
+
+@app.command()
 def separation(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     """How well each pair score separates the deliberately bad pairs from the good ones of the same prompt kind (AUC)."""
     from smda_core.evaluation import separation_table
