@@ -12,3 +12,20 @@ def demo_world():
     from smda_core.config import load_config
 
     return load_world(load_config(None, demo={"cache_dir": str(ROOT / ".cache" / "smda-demo")}), progress=False)
+
+
+def padded_batches(seqs: list[list[int]], pad: int, batch_size: int):
+    """Right-padded (input_ids, attention_mask) batches of similar-length sequences, as the product batches them."""
+    import torch
+
+    seqs = sorted(seqs, key=len)
+    batches = []
+    for s in range(0, len(seqs), batch_size):
+        chunk = seqs[s: s + batch_size]
+        ids = torch.full((len(chunk), max(map(len, chunk))), pad)
+        mask = torch.zeros_like(ids)
+        for r, q in enumerate(chunk):
+            ids[r, : len(q)] = torch.tensor(q)
+            mask[r, : len(q)] = 1
+        batches.append((ids, mask))
+    return batches

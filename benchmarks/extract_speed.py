@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from _world import demo_world
+from _world import demo_world, padded_batches
 
 
 def best_of(fn, repeats=5):
@@ -25,17 +25,7 @@ def main() -> None:
 
     world = demo_world()
     prompts, bs, pad = world.encoded, world.config.features.batch_size, world.tokenizer.pad_token_id
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
-    batches = []
-    for s in range(0, len(order), bs):
-        seqs = [list(prompts[i].input_ids) for i in order[s: s + bs]]
-        w = max(map(len, seqs))
-        ids = torch.full((len(seqs), w), pad)
-        mask = torch.zeros_like(ids)
-        for r, q in enumerate(seqs):
-            ids[r, : len(q)] = torch.tensor(q)
-            mask[r, : len(q)] = 1
-        batches.append((ids, mask))
+    batches = padded_batches([list(p.input_ids) for p in prompts], pad, bs)
 
     @torch.no_grad()
     def plain():

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from _world import demo_world
+from _world import demo_world, padded_batches
 
 N_PAIRS = 20
 
@@ -29,17 +29,8 @@ def main() -> None:
 
     model = copy.deepcopy(world.model).to(getattr(torch, settings.dtype))
     pad, bs = world.tokenizer.pad_token_id, settings.batch_size
-    order = sorted(world.encoded, key=lambda p: len(p.input_ids))
-    batches = []
-    for s in range(0, len(order), bs):
-        seqs = [list(p.input_ids) + [world.refusal_openings[0][0]] for p in order[s: s + bs]]
-        w = max(map(len, seqs))
-        ids = torch.full((len(seqs), w), pad)
-        mask = torch.zeros_like(ids)
-        for r, q in enumerate(seqs):
-            ids[r, : len(q)] = torch.tensor(q)
-            mask[r, : len(q)] = 1
-        batches.append((ids, mask))
+    opening = world.refusal_openings[0][0]  # the probes are scored with one branch token appended
+    batches = padded_batches([list(p.input_ids) + [opening] for p in world.encoded], pad, bs)
     encoded = [encode_pair(world.tokenizer, p, r) for p, r in zip(pairs["prompt"].to_pylist(), pairs["response"].to_pylist())]
     t0 = time.perf_counter()
     for ids, n_prompt in encoded:

@@ -32,6 +32,20 @@ class SMDAResource(dg.ConfigurableResource):
         ensure_schema(con)
         return con
 
+    def write(self, tables: dict, *, partition: str | None = None) -> None:
+        """Replace whole tables, or one batch's rows of partitioned tables (each in its own transaction)."""
+        from smda_core.warehouse import replace_partition, replace_table
+
+        con = self.connect()
+        try:
+            for name, table in tables.items():
+                if partition is None:
+                    replace_table(con, name, table)
+                else:
+                    replace_partition(con, name, "batch_id", partition, table)
+        finally:
+            con.close()
+
     @property
     def artifacts(self) -> Path:
         """Numeric state passed between assets (pickled core objects), next to the DuckDB file."""

@@ -22,7 +22,6 @@ def batch_files(cfg) -> dict[str, Path]:
           description="SFT pairs of one batch with every metadata field they arrived with")
 def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
     from smda_core import inputs
-    from smda_core.warehouse import replace_partition
 
     cfg = smda.config()
     batch = context.partition_key
@@ -32,11 +31,7 @@ def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mater
     pairs = inputs.read_sft_pairs(files[batch], batch_id=batch)
     probes = inputs.read_probes(_probe_file(cfg))
     overlap = inputs.check_overlap(probes, pairs, allow=cfg.data.allow_probe_overlap)
-    con = smda.connect()
-    try:
-        replace_partition(con, "sft_pairs", "batch_id", batch, pairs)
-    finally:
-        con.close()
+    smda.write({"sft_pairs": pairs}, partition=batch)
     return dg.MaterializeResult(metadata=table_metadata(pairs, source_file=str(files[batch]), probe_overlap=overlap.num_rows))
 
 
@@ -79,7 +74,6 @@ def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResourc
     from smda_core import inputs
     from smda_core.api import attribute, load_world
     from smda_core.tables import pair_tables
-    from smda_core.warehouse import replace_partition
 
     cfg = smda.config()
     batch = context.partition_key
@@ -90,12 +84,7 @@ def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResourc
     world = load_world(cfg, progress=False)
     attr = attribute(world, policy, scores, shifts, pairs)
     tables = pair_tables(batch, shifts, attr, policy, list(scores.probe_ids), delta_x=cfg.shifts.delta_x)
-    con = smda.connect()
-    try:
-        for name, table in tables.items():
-            replace_partition(con, name, "batch_id", batch, table)
-    finally:
-        con.close()
+    smda.write(tables, partition=batch)
     summary = tables["pair_summary"].to_pandas()
     top = summary.sort_values("interference", ascending=False).head(5)[["pair_id", "dominant_feature", "interference", "flagged"]]
     yield dg.MaterializeResult(asset_key="pair_attribution", metadata=table_metadata(tables["pair_attribution"]))

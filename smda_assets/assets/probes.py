@@ -19,18 +19,11 @@ def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     """Load model + SAE, read every probe once: features at the configured position and behaviour."""
     from smda_core.api import load_world, measure_probes
     from smda_core.tables import probe_tables
-    from smda_core.warehouse import replace_table
-
     world = load_world(smda.config())
     context.log.info(f"model {world.model_name}, SAE {world.sae_name}, hook {world.hook_name}, {len(world.probes)} probes")
     scores = measure_probes(world)
     tables = probe_tables(world.probes, scores)
-    con = smda.connect()
-    try:
-        for name, table in tables.items():
-            replace_table(con, name if name != "behaviour_scores" else "probe_scores", table)
-    finally:
-        con.close()
+    smda.write({("probe_scores" if name == "behaviour_scores" else name): t for name, t in tables.items()})
     smda.save("probe_scores", scores)
     for name, table in tables.items():
         yield dg.MaterializeResult(asset_key=name, metadata=table_metadata(table))
@@ -52,7 +45,6 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
     """Fit the policy on the stored probe readout, label its features, render the formula."""
     from smda_core.api import feature_labels, fit_policy, formula, load_world
     from smda_core.tables import policy_tables
-    from smda_core.warehouse import replace_table
 
     cfg = smda.config()
     scores = smda.load("probe_scores")
@@ -63,12 +55,7 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
     tables = policy_tables(policy, scores, labels, preset=cfg.preset, model=world.model_name, sae=world.sae_name,
                            hook=world.hook_name, position=cfg.features.position, behaviour=cfg.behaviour.kind,
                            dtype=cfg.model.dtype, formula=text)
-    con = smda.connect()
-    try:
-        for name, table in tables.items():
-            replace_table(con, name, table)
-    finally:
-        con.close()
+    smda.write(tables)
     smda.save("policy", policy)
     context.log.info(text)
     fit = {"lambda": policy.lam, "r2": policy.r2, "loo_r2": policy.loo_r2, "accuracy": policy.accuracy,
