@@ -175,6 +175,42 @@ def world(config: ConfigOpt = None) -> None:
 
 
 @app.command()
+def curate(rule: Annotated[str | None, typer.Option(help="quantitative[:SCORE] | flagged | lowest:SCORE:Q | oracle | sql:\"SELECT pair_id …\"")] = None,
+           config: ConfigOpt = None, warehouse: WarehouseOpt = None,
+           n_random: Annotated[int | None, typer.Option(help="random removals of the same size (default: config, 5)")] = None) -> None:
+    """Drop pairs by a rule, retrain from the base on full / curated / oracle / random removals, evaluate, store in v_curation."""
+    from smda_assets.curate import run_curate
+    from smda_core.errors import SMDAError
+
+    try:
+        result = run_curate(config, warehouse, rule=rule, n_random=n_random)
+    except SMDAError as exc:
+        _fail(exc)
+    _print_table(result["table"], f"curation {result['experiment_id']}: rule {result['rule']}")
+    cmp = result["comparison"]
+    console.print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in cmp.items()))
+
+
+validate_app = typer.Typer(help="Does the attribution agree with retraining, and is it stable across SAE seeds?")
+app.add_typer(validate_app, name="validate")
+
+
+@validate_app.command("lds")
+def validate_lds(subsets: Annotated[int, typer.Option(help="random subsets to fine-tune on")] = 8,
+                 fraction: Annotated[float, typer.Option(help="share of the pairs in each subset")] = 0.5,
+                 config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
+    """Counterfactual agreement: Spearman across subsets of actual vs summed per-pair effects; stored in v_validation."""
+    from smda_assets.validate import run_lds
+    from smda_core.errors import SMDAError
+
+    try:
+        table = run_lds(config, warehouse, subsets=subsets, fraction=fraction)
+    except SMDAError as exc:
+        _fail(exc)
+    _print_table(table.select(["check", "method", "score", "n", "spearman"]), "LDS")
+
+
+@app.command()
 def separation(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     """How well each pair score separates the deliberately bad pairs from the good ones of the same prompt kind (AUC)."""
     from smda_core.evaluation import separation_table

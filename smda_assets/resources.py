@@ -32,8 +32,8 @@ class SMDAResource(dg.ConfigurableResource):
         ensure_schema(con)
         return con
 
-    def write(self, tables: dict, *, partition: str | None = None) -> None:
-        """Replace whole tables, or one batch's rows of partitioned tables (each in its own transaction)."""
+    def write(self, tables: dict, *, partition: str | None = None, key: str = "batch_id") -> None:
+        """Replace whole tables, or the rows of one partition (`key` = partition), each in its own transaction."""
         from smda_core.warehouse import replace_partition, replace_table
 
         con = self.connect()
@@ -42,7 +42,7 @@ class SMDAResource(dg.ConfigurableResource):
                 if partition is None:
                     replace_table(con, name, table)
                 else:
-                    replace_partition(con, name, "batch_id", partition, table)
+                    replace_partition(con, name, key, partition, table)
         finally:
             con.close()
 

@@ -90,6 +90,18 @@ class AttributionSection(_Strict):
     intended_top: int = Field(3, ge=1)
 
 
+class CurationSection(_Strict):
+    """Retraining for `smda curate` and `smda validate` (DESIGN §5)."""
+
+    rule: str = Field("quantitative:alignment", description="quantitative[:SCORE] | flagged | lowest:SCORE:Q | oracle | sql:SELECT …")
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    n_random: int = Field(5, ge=1, description="random removals of the same size (the control)")
+
+
 class DemoSection(_Strict):
     """The embedded demo world's recipe; its hash names the cache folder."""
 
@@ -117,6 +129,7 @@ class SMDAConfig(_Strict):
     policy: PolicySection = PolicySection()
     shifts: ShiftSection = ShiftSection()
     attribution: AttributionSection = AttributionSection()
+    curation: CurationSection = CurationSection()
     demo: DemoSection = DemoSection()
     data: DataSection = DataSection()
     warehouse: str = "warehouse/warehouse.duckdb"

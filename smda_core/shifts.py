@@ -110,7 +110,7 @@ def linearised_dx(sae, feature_ids: np.ndarray, hidden_base: list[torch.Tensor],
     The gate is the SAE's own: a feature counts as open where its activation at θ is > 0
     (ReLU, TopK and JumpReLU alike), so the linearisation never flips a feature.
     """
-    cols = torch.as_tensor(feature_ids)
+    cols = torch.as_tensor(np.array(feature_ids))
     W = sae.W_enc[:, cols]
     if position in ("end_of_turn", "last"):  # one token per probe: all probes in one product
         h0 = torch.cat(hidden_base).to(W.dtype)
@@ -159,7 +159,7 @@ def apply_pair_update(model, ids: list[int], n_prompt: int, settings: ShiftSetti
         opt.zero_grad(set_to_none=True)
         loss = sft_loss(model, ids, n_prompt)
         if not torch.isfinite(loss):
-            raise SMDAError(f"non-finite SFT loss {float(loss)}")
+            raise SMDAError(f"non-finite SFT loss {float(loss.detach())}")
         loss.backward()
         opt.step()
         loss_val = float(loss.detach())

@@ -66,6 +66,11 @@ TABLES: dict[str, pa.Schema] = {
                                 ("dp", _F)),
     "pair_shifts": _schema(("pair_id", _S), ("batch_id", _S), ("probe_id", _S), ("feature_id", _I32), ("dz", _F),
                            ("dy", _F)),
+    "curation": _schema(("experiment_id", _S), ("rule", _S), ("variant", _S), ("n_pairs", _I64), ("correctness", _F),
+                        ("precision", _F), ("recall", _F), ("f1", _F), ("refusal_accuracy", _F), ("dropped", _S),
+                        ("seed", _I64), ("per_category", _S), ("created_at", pa.timestamp("us"))),
+    "validation": _schema(("check", _S), ("method", _S), ("score", _S), ("n", _I64), ("spearman", _F), ("detail", _S),
+                          ("run_id", _S), ("created_at", pa.timestamp("us"))),
 }
 """Table name → Arrow schema of the ``smda`` tables. Partitioned tables carry ``batch_id``."""
 

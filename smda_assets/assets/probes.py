@@ -23,7 +23,7 @@ def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     context.log.info(f"model {world.model_name}, SAE {world.sae_name}, hook {world.hook_name}, {len(world.probes)} probes")
     scores = measure_probes(world)
     tables = probe_tables(world.probes, scores)
-    smda.write({("probe_scores" if name == "behaviour_scores" else name): t for name, t in tables.items()})
+    smda.write(tables)
     smda.save("probe_scores", scores)
     for name, table in tables.items():
         yield dg.MaterializeResult(asset_key=name, metadata=table_metadata(table))

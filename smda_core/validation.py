@@ -1,0 +1,80 @@
+"""Counterfactual agreement (LDS) and stability across SAE seeds (DESIGN §5).
+
+LDS: fine-tune on random subsets of the pairs, measure the actual change of β (refit on the
+re-measured probes, same features, units and λ) and of the mean harmful refusal, and rank-
+correlate them across subsets with the sums of the subsets' per-pair attributions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from smda_core.attribution import bad_pair_auc, delta_beta_refit
+from smda_core.policy import Policy
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
+    def ranks(x):
+        x = np.asarray(x, dtype=float)
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x), dtype=float)
+        for v in np.unique(x):  # average ties
+            m = x == v
+            if m.sum() > 1:
+                r[m] = r[m].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+@dataclass(frozen=True)
+class SubsetEffect:
+    """What fine-tuning on one subset actually did: Δβ (k,) and the mean change of y on harmful probes."""
+
+    members: tuple[str, ...]
+    delta_beta: np.ndarray
+    dy_harmful: float
+
+
+def actual_effect(policy: Policy, members: Sequence[str], X_new: np.ndarray, y_new: np.ndarray, harmful: np.ndarray) -> SubsetEffect:
+    """Δβ of refitting the policy ridge on the re-measured probes (same features, units, λ)."""
+    dZ = policy.shift(X_new - policy.X)
+    dY = y_new - policy.y
+    total = delta_beta_refit(policy.Z, policy.fit, dZ, dY).total
+    return SubsetEffect(tuple(members), np.asarray(total), float(dY[harmful].mean()))
+
+
+def lds(effects: Sequence[SubsetEffect], per_pair: dict[str, np.ndarray]) -> dict:
+    """Spearman across subsets between actual effects and summed per-pair predictions.
+
+    `per_pair` maps pair id → prediction: a (k,) Δβ vector, or a scalar (harmful refusal change).
+    Returns per-feature Spearman, their mean, and one pooled value for vectors; one value for scalars.
+    """
+    preds = np.array([sum(per_pair[m] for m in e.members) for e in effects])
+    if preds.ndim == 1:
+        return {"spearman": spearman([e.dy_harmful for e in effects], preds)}
+    actual = np.stack([e.delta_beta for e in effects])
+    per_feature = np.array([spearman(actual[:, j], preds[:, j]) for j in range(actual.shape[1])])
+    return {"spearman": float(np.nanmean(per_feature)), "per_feature": per_feature.tolist(),
+            "pooled": spearman(actual.ravel(), preds.ravel())}
+
+
+def matched_cosines(dec_a: np.ndarray, dec_b: np.ndarray) -> np.ndarray:
+    """For each decoder direction of A (rows), the best |cosine| with any direction of B."""
+    a = dec_a / np.linalg.norm(dec_a, axis=1, keepdims=True)
+    b = dec_b / np.linalg.norm(dec_b, axis=1, keepdims=True)
+    return np.abs(a @ b.T).max(axis=1)
+
+
+def auc_spread(scores_by_seed: Sequence[np.ndarray], is_bad: np.ndarray, mask: np.ndarray) -> tuple[float, list[float]]:
+    """Spread (max − min) of the bad-pair AUC of one score across seeds, within one prompt kind."""
+    aucs = [bad_pair_auc(s[mask], is_bad[mask]) for s in scores_by_seed]
+    return float(max(aucs) - min(aucs)), [float(a) for a in aucs]

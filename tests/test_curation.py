@@ -1,0 +1,89 @@
+"""Curation: the experiment can see what it should, metrics are right, retraining is deterministic, rules are safe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from smda_core import curation
+from smda_core.api import read_pairs
+from smda_core.errors import SMDAError
+
+
+@pytest.fixture(scope="module")
+def setup(world, probe_scores, policy):
+    pairs = read_pairs(world)
+    rows = list(zip(pairs["pair_id"].to_pylist(), pairs["prompt"].to_pylist(), pairs["response"].to_pylist()))
+    kinds = np.asarray(pairs["kind"].to_pylist())
+    oracle = np.asarray(pairs["pair_id"].to_pylist())[np.isin(kinds, curation.BAD_KINDS)].tolist()
+    ev = curation.eval_set(world, policy.heldout, probe_scores.harmful, probe_scores.category)
+    return rows, oracle, ev
+
+
+def test_oracle_curation_beats_full_sft_and_random_removal(world, setup):
+    rows, oracle, ev = setup
+    before = {k: v.clone() for k, v in world.model.state_dict().items()}
+    variants = curation.run_curation(world.model, world.tokenizer, world.sae, ev, rows, oracle, oracle=oracle, n_random=3,
+                                     progress=False)
+    by = {v.variant: v.metrics for v in variants}
+    random_f1 = np.mean([v.metrics["f1"] for v in variants if v.variant.startswith("random_seed_")])
+    assert by["oracle"]["f1"] > by["full"]["f1"]
+    assert by["oracle"]["f1"] > random_f1
+    cmp = curation.comparison(variants, set(oracle))
+    assert cmp["share_of_oracle_gain"] == pytest.approx(1.0) and cmp["drop_precision"] == 1.0 and cmp["drop_recall"] == 1.0
+    assert all(torch.equal(before[k], v) for k, v in world.model.state_dict().items()), "the base model was modified"
+
+
+def test_retraining_with_the_same_seed_is_bit_identical(world, setup):
+    rows, _, ev = setup
+    pairs = [(p, r) for _, p, r in rows[:40]]
+    settings = curation.RetrainSettings(epochs=1)
+    a = curation.evaluate(curation.retrain(world.model, world.tokenizer, pairs, settings), world.sae, ev)
+    b = curation.evaluate(curation.retrain(world.model, world.tokenizer, pairs, settings), world.sae, ev)
+    assert a == b
+    c = curation.evaluate(curation.retrain(world.model, world.tokenizer, pairs, curation.RetrainSettings(epochs=1, seed=1)),
+                          world.sae, ev)
+    assert c != a
+
+
+def test_soft_metrics_equal_an_independent_computation():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=50)
+    h = rng.uniform(size=50) < 0.5
+    tp = sum(pi for pi, hi in zip(p, h) if hi)
+    fp = sum(pi for pi, hi in zip(p, h) if not hi)
+    fn = sum(1 - pi for pi, hi in zip(p, h) if hi)
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    got = curation.soft_metrics(p, h)
+    assert got["precision"] == pytest.approx(precision) and got["recall"] == pytest.approx(recall)
+    assert got["f1"] == pytest.approx(2 * precision * recall / (precision + recall))
+    assert got["correctness"] == pytest.approx((np.mean([x for x, y in zip(p, h) if y]) + np.mean([1 - x for x, y in zip(p, h) if not y])) / 2)
+
+
+def _table():
+    ids = np.array([f"p{i}" for i in range(8)])
+    harmful = np.array([True] * 4 + [False] * 4)
+    kind = np.array(["harmful_refusal"] * 3 + ["harmful_compliance"] + ["harmless_compliance"] * 3 + ["harmless_refusal"])
+    align = np.array([3.0, 2.0, 4.0, -5.0, -1.0, -2.0, -3.0, 6.0])
+    return curation.PairTable(ids, harmful, kind, np.array([0, 1, 0, 1, 0, 0, 0, 0], bool), {"alignment": align})
+
+
+def test_rules_select_what_they_say():
+    t = _table()
+    # quantitative: harmful pairs below the harmless median (-1.5), harmless pairs above the harmful median (2.5)
+    assert curation.select_drops("quantitative", t) == ["p3", "p7"]
+    assert curation.select_drops("flagged", t) == ["p1", "p3"]
+    assert curation.select_drops("lowest:alignment:2", t) == ["p3", "p6"]
+    assert curation.select_drops("oracle", t) == ["p3", "p7"]
+    assert curation.select_drops("sql:SELECT 1", t, sql=lambda q: ["p0"]) == ["p0"]
+
+
+def test_rules_that_drop_every_pair_or_none_are_refused():
+    t = _table()
+    with pytest.raises(SMDAError, match="drops every pair"):
+        curation.select_drops("lowest:alignment:8", t)
+    with pytest.raises(SMDAError, match="drops no pair"):
+        curation.select_drops("lowest:alignment:0", t)
+    with pytest.raises(SMDAError, match="unknown rule"):
+        curation.select_drops("best", t)
