@@ -210,6 +210,21 @@ def validate_lds(subsets: Annotated[int, typer.Option(help="random subsets to fi
     _print_table(table.select(["check", "method", "score", "n", "spearman"]), "LDS")
 
 
+@validate_app.command("stability")
+def validate_stability(sae_seeds: Annotated[int, typer.Option(help="SAEs that differ only in seed")] = 3,
+                       pairs: Annotated[int | None, typer.Option(help="first N pairs only (default: all)")] = None,
+                       config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
+    """Agreement of the policy and of per-pair scores across SAE training seeds; stored in v_validation."""
+    from smda_assets.validate import run_stability
+    from smda_core.errors import SMDAError
+
+    try:
+        table, _ = run_stability(config, warehouse, sae_seeds=sae_seeds, n_pairs=pairs)
+    except SMDAError as exc:
+        _fail(exc)
+    _print_table(table.select(["check", "method", "score", "n", "spearman"]), "Stability across SAE seeds (spearman = value)")
+
+
 @app.command()
 def separation(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     """How well each pair score separates the deliberately bad pairs from the good ones of the same prompt kind (AUC)."""

@@ -73,3 +73,54 @@ def run_lds(config_path: str | None, warehouse_path: str | None, *, subsets: int
                       "created_at": pa.array([now] * len(rows), pa.timestamp("us"))})
     smda.write({"validation": table}, partition=run_id, key="run_id")
     return table
+
+
+def run_stability(config_path: str | None, warehouse_path: str | None, *, sae_seeds: int = 3, n_pairs: int | None = None,
+                  first_seed: int | None = None, progress: bool = True):
+    """Train SAEs that differ only in seed, refit policy and attribution for each, store the agreement."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from smda_core import validation
+    from smda_core.api import attribute, fit_policy, load_world, measure_probes, measure_shifts, read_pairs
+    from smda_core.demo.build import demo_sae_for_seed
+    from smda_core.errors import SMDAError
+    from smda_core.runtime import load_sae
+
+    smda = SMDAResource(config_path=config_path, warehouse_path=warehouse_path)
+    cfg = smda.config()
+    if not cfg.is_demo:
+        raise SMDAError("stability retrains the SAE: available for the demo world (and models whose SAE the product trains)")
+    if sae_seeds < 2:
+        raise SMDAError("stability needs --sae-seeds ≥ 2")
+    world = load_world(cfg, progress=False)
+    pairs = read_pairs(world)
+    if n_pairs is not None:
+        pairs = pairs.slice(0, n_pairs)
+    start = cfg.demo.seed if first_seed is None else first_seed
+    runs = []
+    for seed in range(start, start + sae_seeds):
+        sae = load_sae(path=str(demo_sae_for_seed(cfg.demo, seed, progress=progress)))
+        w = dataclasses.replace(world, sae=sae)
+        probes = measure_probes(w, progress=False)
+        policy = fit_policy(w, probes)
+        attr = attribute(w, policy, probes, measure_shifts(w, policy, pairs, progress=progress), pairs)
+        s = attr.pair_summary
+        runs.append(validation.SeedRun(seed, policy.feature_ids, policy.coef,
+                                       sae.W_dec.detach().double().numpy()[policy.feature_ids], policy.r2, policy.loo_r2,
+                                       policy.accuracy,
+                                       {k: np.asarray(s[k], dtype=float) for k in ("alignment_refit", "alignment_linear",
+                                                                                  "correctness_shift", "dy_harmful")}))
+    kinds = np.asarray(pairs["kind"].to_pylist()) if "kind" in pairs.column_names else np.array([""] * pairs.num_rows)
+    rows = validation.stability(runs, np.isin(kinds, ("harmful_compliance", "harmless_refusal")),
+                                np.asarray(pairs["harmful"].to_pylist(), dtype=bool))
+    run_id = hashlib.sha256(f"stability|{sae_seeds}|{time.time()}".encode()).hexdigest()[:10]
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    table = pa.table({"check": ["stability"] * len(rows), "method": [r["method"] for r in rows],
+                      "score": [r["score"] for r in rows], "n": pa.array([sae_seeds] * len(rows), pa.int64()),
+                      "spearman": [r["value"] for r in rows],
+                      "detail": [json.dumps({**r["detail"], "seeds": [x.seed for x in runs], "pairs": pairs.num_rows}) for r in rows],
+                      "run_id": [run_id] * len(rows), "created_at": pa.array([now] * len(rows), pa.timestamp("us"))})
+    smda.write({"validation": table}, partition=run_id, key="run_id")
+    return table, runs

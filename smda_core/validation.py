@@ -78,3 +78,45 @@ def auc_spread(scores_by_seed: Sequence[np.ndarray], is_bad: np.ndarray, mask: n
     """Spread (max − min) of the bad-pair AUC of one score across seeds, within one prompt kind."""
     aucs = [bad_pair_auc(s[mask], is_bad[mask]) for s in scores_by_seed]
     return float(max(aucs) - min(aucs)), [float(a) for a in aucs]
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One SAE seed's policy and per-pair scores."""
+
+    seed: int
+    feature_ids: np.ndarray
+    coef: np.ndarray
+    decoder: np.ndarray  # (k, d_in) decoder directions of the policy features
+    r2: float
+    loo_r2: float
+    accuracy: float
+    scores: dict[str, np.ndarray]  # score name → (m,) per pair, same pair order in every run
+
+
+def stability(runs: Sequence[SeedRun], is_bad: np.ndarray, harmful_prompt: np.ndarray, top: int = 10) -> list[dict]:
+    """Agreement across SAE seeds: policy (decoder-matched features, top-feature overlap, R²/accuracy spread)
+    and each per-pair score (mean pairwise Spearman, spread of the bad-pair AUC per prompt kind)."""
+    pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]]
+    rows = []
+    cos = [float(matched_cosines(a.decoder, b.decoder).mean()) for a, b in pairs]
+    rows.append({"method": "policy", "score": "matched_decoder_cosine", "value": float(np.mean(cos)), "detail": {"pairwise": cos}})
+
+    def top_dirs(r: SeedRun) -> np.ndarray:
+        return r.decoder[np.argsort(-np.abs(r.coef), kind="stable")[:top]]
+
+    overlap = [float((matched_cosines(top_dirs(a), top_dirs(b)) > 0.9).mean()) for a, b in pairs]
+    rows.append({"method": "policy", "score": f"top{top}_overlap", "value": float(np.mean(overlap)), "detail": {"pairwise": overlap}})
+    for name in ("r2", "loo_r2", "accuracy"):
+        vals = [getattr(r, name) for r in runs]
+        rows.append({"method": "policy", "score": f"{name}_spread", "value": float(max(vals) - min(vals)), "detail": {"values": vals}})
+    for score in runs[0].scores:
+        rho = [spearman(a.scores[score], b.scores[score]) for a, b in pairs]
+        detail = {"pairwise": rho}
+        for kind, mask in (("harmful", harmful_prompt), ("harmless", ~harmful_prompt)):
+            if is_bad[mask].any() and (~is_bad[mask]).any():
+                spread, aucs = auc_spread([r.scores[score] for r in runs], is_bad, mask)
+                detail[f"auc_{kind}"] = aucs
+                detail[f"auc_spread_{kind}"] = spread
+        rows.append({"method": "pair_score", "score": score, "value": float(np.nanmean(rho)), "detail": detail})
+    return rows

@@ -172,10 +172,39 @@ def _residuals(model, data: list[tuple[list[int], int]], layer: int, pad_id: int
     return torch.cat(chunks)
 
 
-def build_demo_world(demo: DemoSection, paths: DemoPaths, *, progress: bool = True) -> dict:
-    """Write every artefact of the demo world into `paths.root`; returns the build report."""
+def _train_sae(model, tokenizer, data, *, seed: int, progress: bool):
     from smda_core.sae_training import train_topk_sae
 
+    acts = _residuals(model, data[:4000], HOOK_LAYER, tokenizer.pad_token_id)
+    return train_topk_sae(acts, d_sae=512, k=16, hook_name=f"blocks.{HOOK_LAYER}.hook_resid_post",
+                          model_name="smda-demo-llama", steps=1500, seed=seed, progress=progress)
+
+
+def demo_sae_for_seed(demo: DemoSection, seed: int, *, progress: bool = True) -> Path:
+    """The demo's SAE retrained with another seed (same activations, same recipe), cached beside the world.
+
+    The SAE is a trained object: stability checks compare policies and scores across such seeds.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    paths = ensure_demo_world(demo, progress=progress)
+    if seed == demo.seed:
+        return paths.sae
+    out = paths.root / f"sae_seed{seed}"
+    if (out / "cfg.json").exists():
+        return out
+    world = recipe.make_world(demo.seed, demo.planted_category, demo.n_probes, demo.n_pairs, demo.bad_share)
+    tokenizer = AutoTokenizer.from_pretrained(paths.model)
+    model = AutoModelForCausalLM.from_pretrained(paths.model).eval()
+    sae, _ = _train_sae(model, tokenizer, _encode_conversations(tokenizer, world.corpus), seed=seed, progress=progress)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    sae.save_model(str(tmp))
+    tmp.rename(out)
+    return out
+
+
+def build_demo_world(demo: DemoSection, paths: DemoPaths, *, progress: bool = True) -> dict:
+    """Write every artefact of the demo world into `paths.root`; returns the build report."""
     t0 = time.perf_counter()
     torch.manual_seed(demo.seed)
     world = recipe.make_world(demo.seed, demo.planted_category, demo.n_probes, demo.n_pairs, demo.bad_share)
@@ -192,9 +221,7 @@ def build_demo_world(demo: DemoSection, paths: DemoPaths, *, progress: bool = Tr
     model.save_pretrained(paths.model)
     tokenizer.save_pretrained(paths.model)
 
-    acts = _residuals(model, data[:4000], HOOK_LAYER, tokenizer.pad_token_id)
-    sae, sae_report = train_topk_sae(acts, d_sae=512, k=16, hook_name=f"blocks.{HOOK_LAYER}.hook_resid_post",
-                                     model_name="smda-demo-llama", steps=1500, seed=demo.seed, progress=progress)
+    sae, sae_report = _train_sae(model, tokenizer, data, seed=demo.seed, progress=progress)
     sae.save_model(str(paths.sae))
     t_sae = time.perf_counter()
 
