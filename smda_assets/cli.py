@@ -198,13 +198,14 @@ app.add_typer(validate_app, name="validate")
 @validate_app.command("lds")
 def validate_lds(subsets: Annotated[int, typer.Option(help="random subsets to fine-tune on")] = 8,
                  fraction: Annotated[float, typer.Option(help="share of the pairs in each subset")] = 0.5,
+                 peer: Annotated[bool, typer.Option(help="also score dattri's TracIn (if installed) on the same subsets")] = True,
                  config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     """Counterfactual agreement: Spearman across subsets of actual vs summed per-pair effects; stored in v_validation."""
     from smda_assets.validate import run_lds
     from smda_core.errors import SMDAError
 
     try:
-        table = run_lds(config, warehouse, subsets=subsets, fraction=fraction)
+        table = run_lds(config, warehouse, subsets=subsets, fraction=fraction, peer=peer)
     except SMDAError as exc:
         _fail(exc)
     _print_table(table.select(["check", "method", "score", "n", "spearman"]), "LDS")

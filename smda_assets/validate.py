@@ -13,7 +13,7 @@ from smda_assets.resources import SMDAResource
 
 
 def run_lds(config_path: str | None, warehouse_path: str | None, *, subsets: int = 8, fraction: float = 0.5,
-            progress: bool = True) -> "pa.Table":  # noqa: F821
+            peer: bool = True, progress: bool = True) -> "pa.Table":  # noqa: F821
     """Fine-tune on `subsets` random subsets, compare actual Δβ / harmful refusal change with summed attributions."""
     import pyarrow as pa
     from tqdm.auto import tqdm
@@ -39,8 +39,10 @@ def run_lds(config_path: str | None, warehouse_path: str | None, *, subsets: int
     per_method: dict[str, dict[str, np.ndarray]] = {}
     for pid, fid, method, db in zip(*(attribution[c].to_pylist() for c in ("pair_id", "feature_id", "method", "delta_beta"))):
         per_method.setdefault(method, {}).setdefault(pid, np.zeros(policy.k))[col[fid]] = db
-    summary = query(wh, "SELECT pair_id, dy_harmful FROM smda.v_pair_summary")
+    summary = query(wh, "SELECT pair_id, dy_harmful, seconds FROM smda.v_pair_summary")
     dy = dict(zip(summary["pair_id"].to_pylist(), summary["dy_harmful"].to_pylist()))
+    smda_seconds = float(np.mean(summary["seconds"].to_pylist()))
+    peer_scores, peer_seconds = _peer(world, probes, ids, by_id, cfg) if peer else (None, None)
 
     c = cfg.curation
     rng = np.random.default_rng(c.seed)
@@ -65,7 +67,12 @@ def run_lds(config_path: str | None, warehouse_path: str | None, *, subsets: int
         rows.append(("lds", method, "delta_beta", subsets, res["spearman"],
                      json.dumps({"fraction": fraction, "pooled": res["pooled"], "per_feature": res["per_feature"]})))
     res = validation.lds(effects, dy)
-    rows.append(("lds", "measured_shift", "dy_harmful", subsets, res["spearman"], json.dumps({"fraction": fraction})))
+    rows.append(("lds", "measured_shift", "dy_harmful", subsets, res["spearman"],
+                 json.dumps({"fraction": fraction, "seconds_per_pair": smda_seconds})))
+    if peer_scores is not None:
+        res = validation.lds(effects, peer_scores)
+        rows.append(("lds", "dattri_tracin", "dy_harmful", subsets, res["spearman"],
+                     json.dumps({"fraction": fraction, "seconds_per_pair": peer_seconds})))
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     table = pa.table({"check": [r[0] for r in rows], "method": [r[1] for r in rows], "score": [r[2] for r in rows],
                       "n": pa.array([r[3] for r in rows], pa.int64()), "spearman": [float(r[4]) for r in rows],
@@ -73,6 +80,19 @@ def run_lds(config_path: str | None, warehouse_path: str | None, *, subsets: int
                       "created_at": pa.array([now] * len(rows), pa.timestamp("us"))})
     smda.write({"validation": table}, partition=run_id, key="run_id")
     return table
+
+
+def _peer(world, probes, ids, by_id, cfg):
+    """dattri's TracIn on the same model and pairs (None when dattri is not installed)."""
+    try:
+        from smda_core.peer import tracin_harmful_refusal
+        import dattri  # noqa: F401
+    except ImportError:
+        return None, None
+    harmful = [world.encoded[i] for i in np.flatnonzero(probes.harmful)]
+    scores, seconds = tracin_harmful_refusal(world.model, world.tokenizer, [by_id[i] for i in ids], harmful,
+                                             world.refusal_openings, lr=cfg.shifts.lr)
+    return dict(zip(ids, scores.tolist())), seconds
 
 
 def run_stability(config_path: str | None, warehouse_path: str | None, *, sae_seeds: int = 3, n_pairs: int | None = None,

@@ -41,7 +41,7 @@ def built(tmp_path_factory, world):
     tmp = tmp_path_factory.mktemp("wh")
     demo_pairs = [json.loads(l) for l in open(world_sources(world.config, progress=False)["sft"][0])]
     small = tmp / "sft" / "batch_a.jsonl"
-    inputs.write_jsonl(small, demo_pairs[:6])
+    inputs.write_jsonl(small, demo_pairs[:24])
     cfg = tmp / "smda.yaml"
     cfg.write_text(yaml.safe_dump({"demo": {"cache_dir": CACHE}, "data": {"sft": [str(small)]},
                                    "warehouse": str(tmp / "warehouse.duckdb")}))
@@ -101,6 +101,18 @@ def test_query_command_refuses_to_write(built):
     assert row_counts(wh) == before
     ok = runner.invoke(app, ["query", "SELECT count(*) AS n FROM smda.v_policy", "--config", str(cfg), "--format", "json"])
     assert ok.exit_code == 0 and json.loads(ok.output)[0]["n"] > 0
+
+
+def test_lds_of_every_method_and_the_peer_is_stored_on_the_same_subsets(built):
+    from smda_assets.validate import run_lds
+
+    cfg, wh, _, _ = built
+    table = run_lds(str(cfg), None, subsets=4, fraction=0.5, progress=False)
+    methods = set(table["method"].to_pylist())
+    assert {"refit", "linear", "measured_shift", "dattri_tracin"} <= methods
+    stored = query(wh, "SELECT * FROM smda.v_validation WHERE \"check\" = 'lds'")
+    assert stored.num_rows >= 4 and len(set(stored["run_id"].to_pylist())) == 1
+    assert all(-1 <= v <= 1 for v in stored["spearman"].to_pylist() if v == v)
 
 
 def test_definitions_load_like_dg_does():
