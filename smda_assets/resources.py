@@ -26,13 +26,13 @@ class SMDAResource(dg.ConfigurableResource):
         return Path(self.warehouse_path or os.environ.get("SMDA_WAREHOUSE") or self.config().warehouse)
 
     def connect(self):
-        """A writing connection; the tables and views exist from the first write on (views read tables only)."""
+        """A writing connection. Tables and views exist from the first write on, and views
+        added by a newer version reach an older warehouse (views read tables only; cheap)."""
         from smda_core.warehouse import apply_views, connect, ensure_schema
 
         con = connect(self.warehouse)
         ensure_schema(con)
-        if con.execute("SELECT count(*) FROM duckdb_views() WHERE schema_name = 'smda'").fetchone()[0] == 0:
-            apply_views(con)
+        apply_views(con)
         return con
 
     def write(self, tables: dict, *, partition: str | None = None, key: str = "batch_id") -> None:
