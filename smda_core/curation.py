@@ -259,8 +259,8 @@ def pair_table(summary, pairs) -> PairTable:
     scores = {c: np.asarray(summary[c].to_pylist(), dtype=float) for c in
               ("alignment", "alignment_refit", "alignment_linear", "correctness_shift", "dy_harmful", "dy_harmless",
                "interference") if c in summary.column_names}
-    scores["neg_dy_harmless"] = -scores["dy_harmless"] if "dy_harmless" in scores else None
-    scores = {k: v for k, v in scores.items() if v is not None}
+    if "dy_harmless" in scores:  # higher = better for both prompt kinds, as the rules expect
+        scores["neg_dy_harmless"] = -scores["dy_harmless"]
     return PairTable(np.asarray(ids), harmful, kind, np.asarray(summary["flagged"].to_pylist(), dtype=bool), scores)
 
 

@@ -65,7 +65,7 @@ def policy_tables(policy: Policy, scores, labels: Sequence[FeatureLabel], *, pre
         "top_probes": [json.dumps([str(ids[i]) for i in l.top_probes]) for l in labels],
     })
     contrib = policy.Z * policy.coef[None, :]
-    rows, cols = np.nonzero(np.ones_like(contrib, dtype=bool))
+    rows, cols = (a.ravel() for a in np.indices(contrib.shape))  # every (probe, policy feature), row-major
     contributions = pa.table({"probe_id": pa.array(ids[rows].tolist(), pa.string()),
                               "feature_id": pa.array(policy.feature_ids[cols], pa.int32()),
                               "contribution": pa.array(contrib[rows, cols], pa.float64())})
