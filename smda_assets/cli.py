@@ -157,9 +157,17 @@ def fit(config: ConfigOpt = None,
 
 
 @app.command()
-def world(config: ConfigOpt = None) -> None:
-    """Build (if needed) the demo world of the config and print its build report: time, SAE L0 and explained variance."""
+def world(name: Annotated[str, typer.Argument(help="demo (the embedded world) or smollm2 (a real pretrained model)")] = "demo",
+          small: Annotated[bool, typer.Option(help="the small CI variant of a real-model world")] = False,
+          config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
+    """Build (if needed) a world and print its build report: time, SAE L0 and explained variance."""
     import json
+
+    if name != "demo":
+        from smda_assets.cli_real import world_real
+
+        world_real(name, small=small, config=config, warehouse=warehouse)
+        return
 
     from smda_core.config import load_config
     from smda_core.demo.build import ensure_demo_world
@@ -190,6 +198,10 @@ def curate(rule: Annotated[str | None, typer.Option(help="quantitative[:SCORE] |
     cmp = result["comparison"]
     console.print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in cmp.items()))
 
+
+from smda_assets.cli_real import sae_app  # noqa: E402  (smda sae train)
+
+app.add_typer(sae_app, name="sae")
 
 validate_app = typer.Typer(help="Does the attribution agree with retraining, and is it stable across SAE seeds?")
 app.add_typer(validate_app, name="validate")
