@@ -80,6 +80,81 @@ def materialize(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> Non
     _materialize(config, warehouse)
 
 
+@app.command()
+def ingest(config: ConfigOpt = None, warehouse: WarehouseOpt = None,
+           workers: Annotated[int, typer.Option(help="batches computed at once, each its own run (multiprocess executor)")] = 1,
+           everything: Annotated[bool, typer.Option(help="recompute every batch, not only new or stale ones")] = False) -> None:
+    """One-shot refresh without a daemon: new SFT files in the watched folder and stale results (changed model, SAE, probes, settings)."""
+    from smda_assets.run import ingest as run_ingest
+    from smda_core.errors import SMDAError
+
+    try:
+        report = run_ingest(config, warehouse, workers=workers, everything=everything,
+                            progress=lambda msg: console.print(f"[dim]·[/] {msg}"))
+    except SMDAError as exc:
+        _fail(exc)
+    for path, batch in report.duplicates.items():
+        console.print(f"[yellow]duplicate[/] {path}: same content as batch {batch}; not added again")
+    console.print(f"batches: {len(report.batches)} ({len(report.added)} new); probe side refitted: {report.probe_side}; "
+                  f"computed: {', '.join(report.ran) or 'none'}")
+    for batch, error in report.failed.items():
+        console.print(f"[bold red]batch {batch} failed:[/] {error}")
+    from smda_core.warehouse import query
+
+    _print_table(query(_warehouse(config, warehouse), "SELECT batch_id, source_file, n_pairs, status, superseded_by "
+                                                      "FROM smda.v_sft_batches"), "SFT batches")
+    if report.failed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def stale(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
+    """What is stale or missing after the inputs changed (Dagster data versions); `smda ingest` recomputes it."""
+    from smda_assets.definitions import defs
+    from smda_assets.run import default_instance, observe_inputs
+    from smda_assets.resources import SMDAResource
+    from smda_assets.staleness import stale_report
+
+    resource = SMDAResource(config_path=config, warehouse_path=warehouse)
+    instance = default_instance(resource)
+    observe_inputs(resource, instance)
+    report = stale_report(defs, instance)
+    rows = [{"asset": k[0], "partition": k[1] or "", "status": v, "because": "; ".join(report.causes.get(k, []))[:120]}
+            for k, v in sorted(report.status.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")) if v != "fresh"]
+    if not rows:
+        console.print("[green]everything is fresh[/]")
+        return
+    import pyarrow as pa
+
+    _print_table(pa.Table.from_pylist(rows), "Stale or missing", limit=200)
+
+
+metadata_app = typer.Typer(help="Your dataset tables, joined to the pair views by pair_id or content hash.", no_args_is_help=True)
+app.add_typer(metadata_app, name="metadata")
+
+
+@metadata_app.command("add")
+def metadata_add(file: Annotated[Path, typer.Argument(help="CSV, Parquet or JSONL table")],
+                 key: Annotated[str, typer.Option("--key", help="its unique key column")],
+                 on: Annotated[str, typer.Option(help="what the key matches: pair_id, content_hash or auto")] = "auto",
+                 name: Annotated[str | None, typer.Option(help="table name (default: the file's stem)")] = None,
+                 config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
+    """Load a metadata table as smda.meta_<name> and create smda.v_pair_summary_<name> (v_pair_summary joined to it)."""
+    from smda_core.errors import SMDAError
+    from smda_core.metadata import load_metadata
+    from smda_core.warehouse import apply_views, session
+
+    try:
+        with session(_warehouse(config, warehouse)) as con:
+            apply_views(con)
+            loaded = load_metadata(con, file, key, on=on, name=name)
+    except SMDAError as exc:
+        _fail(exc)
+    console.print(f"[green]loaded[/] {loaded.n_rows} rows into {loaded.table}; {loaded.matched} pairs matched on {loaded.on}; "
+                  f"view {loaded.view}")
+    console.print(f"[dim]e.g. smda query \"SELECT * FROM {loaded.view} LIMIT 5\"[/]")
+
+
 @app.command("query")
 def query_cmd(sql: str, config: ConfigOpt = None, warehouse: WarehouseOpt = None,
               format: Annotated[str, typer.Option("--format", help="table|csv|json|parquet")] = "table",

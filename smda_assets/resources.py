@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +27,36 @@ class SMDAResource(dg.ConfigurableResource):
     def warehouse(self) -> Path:
         return Path(self.warehouse_path or os.environ.get("SMDA_WAREHOUSE") or self.config().warehouse)
 
-    def connect(self):
-        """A writing connection. Tables and views exist from the first write on, and views
-        added by a newer version reach an older warehouse (views read tables only; cheap)."""
-        from smda_core.warehouse import apply_views, connect, ensure_schema
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        """A writing connection, holding the warehouse lock while open (parallel steps take turns).
 
-        con = connect(self.warehouse)
-        ensure_schema(con)
-        apply_views(con)
-        return con
+        Tables and views exist from the first write on, and views added by a newer version reach
+        an older warehouse (views read tables only; cheap)."""
+        from smda_core.warehouse import apply_views, ensure_schema, session
+
+        with session(self.warehouse) as con:
+            ensure_schema(con)
+            apply_views(con)
+            yield con
 
     def write(self, tables: dict, *, partition: str | None = None, key: str = "batch_id") -> None:
         """Replace whole tables, or the rows of one partition (`key` = partition), each in its own transaction."""
         from smda_core.warehouse import replace_partition, replace_table
 
-        con = self.connect()
-        try:
+        with self.connect() as con:
             for name, table in tables.items():
                 if partition is None:
                     replace_table(con, name, table)
                 else:
                     replace_partition(con, name, key, partition, table)
-        finally:
-            con.close()
+
+    @property
+    def stage(self):
+        """Per-batch staging folder: partitions write files here; one loader moves them into DuckDB."""
+        from smda_core.staging import Stage
+
+        return Stage(self.warehouse.parent / "staging")
 
     @property
     def artifacts(self) -> Path:

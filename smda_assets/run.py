@@ -1,46 +1,180 @@
-"""Materialise the whole graph in-process: probe side, then each SFT batch as its partition, then the views."""
+"""One-shot runs without a daemon: `smda ingest` (only what is new or stale) and `smda materialize` (everything).
+
+The order is the daemon's: observe the inputs; add a partition per new SFT file content; refit
+the probe side once if it is stale; compute the stale or new batches (in parallel runs with the
+multiprocess executor when asked); then the one writer loads them and the views are applied.
+A batch that fails (a malformed file) fails alone: the others are loaded, and the error, which
+names the file and line, is reported at the end.
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import dagster as dg
 
-from smda_assets.definitions import defs
+from smda_assets.automation import PROBE_KEYS
+from smda_assets.definitions import batch_job_def, defs
 from smda_assets.partitions import sft_batches
 from smda_assets.resources import SMDAResource
+from smda_core.errors import SMDAError
 
-PROBE_KEYS = ["probes", "features", "behaviour_scores", "policy", "policy_fit", "feature_labels"]
-PAIR_KEYS = ["sft_pairs", "pair_shifts", "pair_attribution", "pair_summary"]
-
-
-def default_instance() -> dg.DagsterInstance:
-    """The project's instance when DAGSTER_HOME is set (the Makefile sets it), else a throw-away one."""
-    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+BATCH_KEYS = ["sft_pairs", "pair_shifts", "pair_attribution", "pair_summary"]
+PAIR_KEYS = BATCH_KEYS  # kept for callers of the earlier name
 
 
-def _run(resource: SMDAResource, instance: dg.DagsterInstance, keys: list[str], partition: str | None = None) -> None:
+@dataclass
+class IngestReport:
+    """What one ingest did: partitions added, duplicates skipped, what ran, what failed."""
+
+    batches: list[str] = field(default_factory=list)        # every batch of the current files
+    added: list[str] = field(default_factory=list)
+    duplicates: dict[str, str] = field(default_factory=dict)  # file → batch that already holds its content
+    probe_side: bool = False
+    ran: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)    # batch → error message
+    loaded: str = ""
+
+
+def default_instance(resource: SMDAResource | None = None) -> dg.DagsterInstance:
+    """The instance that remembers what was computed: `$DAGSTER_HOME`'s (the Makefile sets it to the
+    project), else one kept beside the warehouse (`<warehouse dir>/.dagster`), so that `smda ingest`
+    is incremental wherever it runs. One instance should serve one warehouse."""
+    if not os.environ.get("DAGSTER_HOME"):
+        home = (resource or SMDAResource()).warehouse.parent / ".dagster"
+        home.mkdir(parents=True, exist_ok=True)
+        if not (home / "dagster.yaml").exists():
+            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        os.environ["DAGSTER_HOME"] = str(home.resolve())
+    return dg.DagsterInstance.get()
+
+
+def _run(resource: SMDAResource, instance: dg.DagsterInstance, keys: list[str], partition: str | None = None,
+         raise_on_error: bool = True) -> str | None:
+    """Materialise `keys` in-process; returns the first step's error message when it failed."""
     assets = list(defs.assets)
     checks = list(defs.asset_checks or [])
     result = dg.materialize([*assets, *checks], selection=keys, resources={"smda": resource}, instance=instance,
-                            partition_key=partition, raise_on_error=True)
-    if not result.success:
-        raise RuntimeError(f"materialisation of {keys} failed")
+                            partition_key=partition, raise_on_error=raise_on_error)
+    if result.success:
+        return None
+    failures = [e.step_failure_data.error.message.strip() for e in result.all_events
+                if e.is_step_failure and e.step_failure_data and e.step_failure_data.error]
+    return failures[0] if failures else f"materialisation of {keys} failed"
+
+
+def observe_inputs(resource: SMDAResource, instance: dg.DagsterInstance) -> None:
+    """Record the inputs' current data versions (content hashes), so Dagster can tell what is stale."""
+    defs.resolve_job_def("observe_inputs").execute_in_process(run_config=_run_config(resource), instance=instance)
+
+
+def _run_config(resource: SMDAResource) -> dict:
+    return {"resources": {"smda": {"config": {"config_path": resource.config_path, "warehouse_path": resource.warehouse_path}}}}
+
+
+def run_batch_job(batch: str, config_path: str | None, warehouse_path: str | None, with_loader: bool = False) -> str | None:
+    """One batch as a run of the `sft_batch` job (multiprocess executor) on the persistent instance."""
+    resource = SMDAResource(config_path=config_path, warehouse_path=warehouse_path)
+    keys = BATCH_KEYS + (["loaded_batches"] if with_loader else [])
+    with dg.DagsterInstance.get() as instance:
+        result = dg.execute_job(dg.reconstructable(batch_job_def), instance=instance, partition_key=batch,
+                                run_config=_run_config(resource), asset_selection=[dg.AssetKey(k) for k in keys])
+        if result.success:
+            return None
+        failures = [e.step_failure_data.error.message.strip() for e in result.all_events
+                    if e.is_step_failure and e.step_failure_data and e.step_failure_data.error]
+        return failures[0] if failures else f"run for batch {batch} failed"
+
+
+def run_batches(batches: list[str], resource: SMDAResource, instance: dg.DagsterInstance, workers: int = 1) -> dict[str, str]:
+    """Compute batches, one run each: in this process one after another, or `workers` runs at once.
+
+    Parallel runs are separate processes (each a run with the multiprocess executor) on the
+    persistent instance; they write only their batch's staging folder, so they never contend
+    for DuckDB. Returns batch → error for the batches that failed.
+    """
+    if workers <= 1:
+        failed = {}
+        for batch in batches:
+            error = _run(resource, instance, BATCH_KEYS, partition=batch, raise_on_error=False)
+            if error:
+                failed[batch] = error
+        return failed
+    if instance.is_ephemeral:
+        raise SMDAError("parallel batches need a persistent Dagster instance: set DAGSTER_HOME (the Makefile does)")
+    env = {**os.environ, "DAGSTER_HOME": str(instance.root_directory)}
+
+    def one(batch: str) -> tuple[str, str | None]:
+        cmd = [sys.executable, "-m", "smda_assets.run", batch]
+        cmd += ["--config", resource.config_path] if resource.config_path else []
+        cmd += ["--warehouse", resource.warehouse_path] if resource.warehouse_path else []
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode == 0:
+            return batch, None
+        tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["(no output)"]
+        return batch, tail[0]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return {b: e for b, e in pool.map(one, batches) if e}
+
+
+def ingest(config_path: str | None = None, warehouse_path: str | None = None, instance: dg.DagsterInstance | None = None,
+           *, workers: int = 1, everything: bool = False, progress=None) -> IngestReport:
+    """Bring the warehouse up to date with the inputs and the SFT files (everything=True: recompute all)."""
+    from smda_core.batches import config_scan
+    from smda_assets.staleness import stale_report
+
+    say = progress or (lambda msg: None)
+    resource = SMDAResource(config_path=config_path, warehouse_path=warehouse_path)
+    instance = instance or default_instance(resource)
+    report = IngestReport()
+    say("observing inputs (model, SAE, probes, settings)")
+    observe_inputs(resource, instance)
+    existing = instance.get_dynamic_partitions(sft_batches.name)
+    scan = config_scan(resource.config(), known=existing)
+    report.batches = sorted(scan.batches)
+    report.duplicates = {str(k): v for k, v in scan.duplicates.items()}
+    report.added = [b for b in report.batches if b not in existing]
+    if report.added:
+        instance.add_dynamic_partitions(sft_batches.name, report.added)
+    status = stale_report(defs, instance, report.batches)
+    report.probe_side = everything or any(status.needs_work(k) for k in PROBE_KEYS)
+    if report.probe_side:
+        say("probe readout and policy")
+        _run(resource, instance, PROBE_KEYS)
+        status = stale_report(defs, instance, report.batches)
+    report.ran = [b for b in report.batches if everything or any(status.needs_work(k, b) for k in BATCH_KEYS)]
+    if report.ran:
+        say(f"{len(report.ran)} batch(es): {', '.join(report.ran)}" + (f" ({workers} at a time)" if workers > 1 else ""))
+    report.failed = run_batches(report.ran, resource, instance, workers)
+    say("loading batches and applying views")
+    _run(resource, instance, ["loaded_batches", "dataset_metadata", "views"])
+    return report
 
 
 def materialize_all(config_path: str | None = None, warehouse_path: str | None = None,
-                    instance: dg.DagsterInstance | None = None) -> list[str]:
-    """Build every table and view; returns the SFT batch keys that were materialised."""
-    from smda_assets.assets.pairs import batch_files
+                    instance: dg.DagsterInstance | None = None, workers: int = 1) -> list[str]:
+    """Build every table and view; returns the SFT batch keys. Raises after loading the good batches if one failed."""
+    report = ingest(config_path, warehouse_path, instance, workers=workers, everything=True)
+    if report.failed:
+        raise SMDAError("; ".join(f"batch {b}: {e}" for b, e in report.failed.items()))
+    return report.batches
 
-    resource = SMDAResource(config_path=config_path, warehouse_path=warehouse_path)
-    instance = instance or default_instance()
-    _run(resource, instance, PROBE_KEYS)
-    batches = sorted(batch_files(resource.config()))
-    new = [b for b in batches if not instance.has_dynamic_partition(sft_batches.name, b)]
-    if new:
-        instance.add_dynamic_partitions(sft_batches.name, new)
-    for batch in batches:
-        _run(resource, instance, PAIR_KEYS, partition=batch)
-    _run(resource, instance, ["views"])
-    return batches
+
+if __name__ == "__main__":  # one batch as its own run: `python -m smda_assets.run BATCH [--config C] [--warehouse W]`
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Materialise one SFT batch with the multiprocess executor")
+    parser.add_argument("batch")
+    parser.add_argument("--config")
+    parser.add_argument("--warehouse")
+    parser.add_argument("--with-loader", action="store_true")
+    args = parser.parse_args()
+    error = run_batch_job(args.batch, args.config, args.warehouse, args.with_loader)
+    if error:
+        print(error, file=sys.stderr)
+        sys.exit(1)

@@ -74,6 +74,15 @@ def _resolve(config: SMDAConfig | str | Path | None) -> SMDAConfig:
     return config
 
 
+def _sft_sources(config: SMDAConfig, default_folder: Path | None = None) -> dict[str, Any]:
+    """SFT files: the configured ones plus the watched folder's (the demo's SFT folder unless files are named)."""
+    from smda_core.batches import folder_files
+
+    folder = config.watch.folder or (str(default_folder) if default_folder else None)
+    files = [*(config.data.sft or ()), *(str(p) for p in folder_files(folder, config.watch.patterns))]
+    return {"sft": list(dict.fromkeys(files)), "sft_folder": folder}
+
+
 def world_sources(config: SMDAConfig, *, progress: bool = True) -> dict[str, Any]:
     """Paths and settings of the world: the demo's (built if not cached) or the config's."""
     if config.is_demo:
@@ -81,11 +90,14 @@ def world_sources(config: SMDAConfig, *, progress: bool = True) -> dict[str, Any
 
         paths = ensure_demo_world(config.demo, progress=progress)
         meta = json.loads(paths.world.read_text())
-        return {"model": str(paths.model), "sae": {"path": str(paths.sae)}, "hook_layer": meta["hook_layer"],
+        own_sae = {k: v for k, v in config.sae.model_dump().items() if v is not None}  # the demo model with your SAE
+        return {"model": str(paths.model), "sae": own_sae or {"path": str(paths.sae)}, "hook_layer": meta["hook_layer"],
                 "refusal_openings": tuple(meta["refusal_openings"]), "compliance_openings": tuple(meta["compliance_openings"]),
                 "probes": config.data.probes or str(paths.probes),
-                "sft": list(config.data.sft or sorted(str(p) for p in paths.sft_dir.glob("*.jsonl"))),
-                "model_name": f"smda-demo:{paths.root.name}", "sae_name": f"smda-demo-sae:{paths.root.name}"}
+                **_sft_sources(config, default_folder=None if config.data.sft else paths.sft_dir),
+                "model_name": f"smda-demo:{paths.root.name}",
+                "sae_name": config.sae.path or (f"{config.sae.release}/{config.sae.sae_id}" if config.sae.release
+                                                else f"smda-demo-sae:{paths.root.name}")}
     if config.behaviour.refusal_openings is None:
         raise SMDAError("behaviour.refusal_openings must be set for a non-demo model (token sequences of its tokenizer)")
     if config.data.probes is None:
@@ -94,7 +106,7 @@ def world_sources(config: SMDAConfig, *, progress: bool = True) -> dict[str, Any
     return {"model": config.model.path, "sae": {k: v for k, v in sae.items() if v is not None}, "hook_layer": config.model.hook_layer,
             "refusal_openings": tuple(config.behaviour.refusal_openings),
             "compliance_openings": tuple(config.behaviour.compliance_openings or ()),
-            "probes": config.data.probes, "sft": list(config.data.sft or ()),
+            "probes": config.data.probes, **_sft_sources(config),
             "model_name": config.model.path, "sae_name": config.sae.path or f"{config.sae.release}/{config.sae.sae_id}"}
 
 

@@ -113,11 +113,50 @@ class DemoSection(_Strict):
     cache_dir: str = Field(".cache/smda-demo", description="where built worlds are kept, by recipe hash")
 
 
+class MetadataSource(_Strict):
+    """A user's dataset table joined to the pair views (`smda metadata add` writes the same thing)."""
+
+    path: str = Field(description="CSV, Parquet or JSONL file")
+    key: str = Field(description="its key column (unique)")
+    on: Literal["auto", "pair_id", "content_hash"] = Field("auto", description="what the key matches; auto = the one it matches most")
+    name: str | None = Field(None, description="table name (default: the file's stem)")
+
+
 class DataSection(_Strict):
     probes: str | None = Field(None, description="probe file (JSONL/CSV/Parquet); None = the demo's")
     sft: tuple[str, ...] | None = Field(None, description="SFT files, one batch each; None = the demo's")
-    metadata: str | None = None
+    metadata: tuple[MetadataSource, ...] = Field((), description="dataset tables joined to v_pair_summary")
     allow_probe_overlap: bool = False
+
+
+class WatchSection(_Strict):
+    """The watched folder of SFT files: each new content is a new batch (Dagster dynamic partition)."""
+
+    folder: str | None = Field(None, description="folder of SFT files; None = the demo world's SFT folder (demo only)")
+    patterns: tuple[str, ...] = Field(("*.jsonl", "*.parquet", "*.csv"), description="file name patterns that count")
+    sensor_interval_s: int = Field(30, ge=5, description="how often the sensor looks")
+    sensor_running: bool = Field(True, description="sensor on by default under the daemon")
+    cron: str = Field("0 3 * * *", description="schedule that re-runs everything")
+    schedule_running: bool = Field(False, description="schedule on by default under the daemon")
+
+
+class SAETrainingSection(_Strict):
+    """`smda sae train`: an SAE on the residual stream of `model` (or the demo's) from a corpus (issue 6)."""
+
+    corpus: tuple[str, ...] = Field((), description="JSONL files of prompt + response (or text) rows; empty = the demo world's SFT pairs")
+    hook_layer: int | None = Field(None, description="block L (resid_post); None = model.hook_layer, else the middle block")
+    architecture: Literal["topk", "batchtopk", "standard"] = "topk"
+    d_sae: int = Field(2304, gt=0)
+    k: int = Field(32, gt=0, description="active features per token (topk) or on average (batchtopk)")
+    l1_coefficient: float = Field(5.0, ge=0, description="standard architecture only")
+    n_tokens: int = Field(200_000, gt=0, description="activation tokens collected for training")
+    eval_tokens: int = Field(8192, gt=0, description="held-out tokens for the report")
+    chunk_tokens: int = Field(16384, gt=0, description="activations per on-disk chunk (memory stays flat)")
+    steps: int = Field(3000, gt=0)
+    batch_size: int = Field(1024, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
+    cache_dir: str = Field(".cache/smda-sae", description="trained SAEs, by hash of model, corpus and settings")
 
 
 class SMDAConfig(_Strict):
@@ -132,6 +171,8 @@ class SMDAConfig(_Strict):
     curation: CurationSection = CurationSection()
     demo: DemoSection = DemoSection()
     data: DataSection = DataSection()
+    watch: WatchSection = WatchSection()
+    sae_training: SAETrainingSection = SAETrainingSection()
     warehouse: str = "warehouse/warehouse.duckdb"
 
     @property

@@ -7,14 +7,21 @@ public interface (DESIGN §6). Every write goes through :func:`replace_table` or
 re-run replaces rows instead of duplicating them. Values always travel as bound parameters
 (``?``) or as registered Arrow tables; only identifiers (quoted) are spliced into SQL.
 
-DuckDB allows one writing process; queries open the file read-only (:func:`query`,
-:func:`ibis_connection`, :func:`row_counts`).
+DuckDB allows one writing process, and a reader cannot open the file while another process
+writes it: it fails at once ("Could not set lock on file"). :func:`session` waits instead: it
+holds an advisory lock beside the file (exclusive to write, shared to read) for as long as its
+connection is open, so parallel Dagster steps and queries take turns rather than fail. Queries
+open the file read-only (:func:`query`, :func:`ibis_connection`, :func:`row_counts`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import re
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -66,6 +73,11 @@ TABLES: dict[str, pa.Schema] = {
                                 ("dp", _F)),
     "pair_shifts": _schema(("pair_id", _S), ("batch_id", _S), ("probe_id", _S), ("feature_id", _I32), ("dz", _F),
                            ("dy", _F)),
+    "sft_batches": _schema(("batch_id", _S), ("source_file", _S), ("content_hash", _S), ("n_pairs", _I64),
+                           ("stage_id", _S), ("staged_at", pa.timestamp("us")), ("loaded_at", pa.timestamp("us")),
+                           ("status", _S), ("superseded_by", _S)),
+    "dataset_metadata": _schema(("name", _S), ("source_file", _S), ("key", _S), ("on_column", _S), ("n_rows", _I64),
+                                ("matched", _I64), ("view", _S), ("loaded_at", pa.timestamp("us"))),
     "curation": _schema(("experiment_id", _S), ("rule", _S), ("variant", _S), ("n_pairs", _I64), ("correctness", _F),
                         ("precision", _F), ("recall", _F), ("f1", _F), ("refusal_accuracy", _F), ("dropped", _S),
                         ("seed", _I64), ("per_category", _S), ("created_at", pa.timestamp("us"))),
@@ -135,19 +147,82 @@ def connect(path: str | Path = DEFAULT_PATH, read_only: bool = False) -> duckdb.
     return con
 
 
+LOCK_TIMEOUT_S = 1800.0
+_HELD: dict[Path, int] = {}  # lock files this process holds, with their nesting depth
+
+
+def lock_path(path: str | Path) -> Path:
+    """The advisory lock file beside a warehouse file."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+@contextmanager
+def locked(path: str | Path, *, exclusive: bool, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the warehouse's advisory lock: exclusive for a writer, shared for readers; waits its turn.
+
+    Re-entrant within a process (a query inside a write session does not wait for itself).
+    """
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock = lock.resolve()
+    if _HELD.get(lock):
+        _HELD[lock] += 1
+        try:
+            yield
+        finally:
+            _HELD[lock] -= 1
+        return
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    with open(lock, "a+") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SMDAError(f"waited {timeout_s:.0f} s for the warehouse lock {lock}: another process "
+                                    "holds the warehouse; is a run stuck?") from None
+                time.sleep(0.05)
+        _HELD[lock] = 1
+        try:
+            yield
+        finally:
+            _HELD.pop(lock, None)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def session(path: str | Path = DEFAULT_PATH, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection that holds the warehouse lock while open (see the module docstring), closed on exit."""
+    if read_only and not Path(path).exists():
+        raise SMDAError(f"no warehouse at {path}: materialise the pipeline first")
+    with locked(path, exclusive=not read_only):
+        con = connect(path, read_only=read_only)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
 def _columns(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, str]:
     rows = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? AND table_name = ?",
                        [SCHEMA, name]).fetchall()
     return {c.lower(): t for c, t in rows}
 
 
-def _write(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table, where: str | None, params: list) -> int:
-    """Delete (all rows or ``where``) and insert ``table`` by column name, in one transaction."""
+def _write(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table, where: str | None, params: list,
+           transaction: bool = True) -> int:
+    """Delete (all rows or ``where``) and insert ``table`` by column name, in one transaction
+    (or inside the caller's, with ``transaction=False``)."""
     ref = _table_ref(name)
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    if transaction:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     con.register(_INCOMING, table)
     try:
-        con.begin()
+        if transaction:
+            con.begin()
         try:
             existing = _columns(con, name)
             if not existing:  # a table outside TABLES: take the layout of the first write
@@ -160,9 +235,11 @@ def _write(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table, where: st
                         con.execute(f"ALTER TABLE {ref} ADD COLUMN {_ident(col)} {typ}")
             con.execute(f"DELETE FROM {ref}" + (f" WHERE {where}" if where else ""), params)
             con.execute(f"INSERT INTO {ref} BY NAME SELECT * FROM {_INCOMING}")
-            con.commit()
+            if transaction:
+                con.commit()
         except BaseException:
-            con.rollback()
+            if transaction:
+                con.rollback()
             raise
     finally:
         con.unregister(_INCOMING)
@@ -183,10 +260,12 @@ def replace_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) ->
     return _write(con, name, table, None, [])
 
 
-def replace_partition(con: duckdb.DuckDBPyConnection, name: str, key_column: str, key, table: pa.Table) -> int:
+def replace_partition(con: duckdb.DuckDBPyConnection, name: str, key_column: str, key, table: pa.Table, *,
+                      transaction: bool = True) -> int:
     """Replace the rows of ``smda.<name>`` whose ``key_column`` equals ``key`` with ``table``, atomically.
 
     Idempotent: writing the same partition twice leaves one copy; other partitions are untouched.
+    With ``transaction=False`` the caller holds the transaction (several tables of one batch at once).
     ``table`` gets ``key_column`` filled with ``key`` when it lacks it, and must not hold other keys.
 
     Returns:
@@ -203,7 +282,7 @@ def replace_partition(con: duckdb.DuckDBPyConnection, name: str, key_column: str
         if others:
             raise SMDAError(f"replace_partition({name!r}, {key_column}={key!r}): {others} rows of the table "
                             "belong to another partition")
-    return _write(con, name, table, f"{_ident(key_column)} = ?", [key])
+    return _write(con, name, table, f"{_ident(key_column)} = ?", [key], transaction)
 
 
 def apply_views(con: duckdb.DuckDBPyConnection, sql_dir: str | Path = SQL_DIR) -> list[str]:
@@ -243,17 +322,15 @@ def query(path: str | Path, sql: str, params: list | None = None) -> pa.Table:
         SMDAError: the statement writes (INSERT, DROP, CREATE, ...): the warehouse is opened
             read-only for queries; or the query fails otherwise.
     """
-    con = connect(path, read_only=True)
-    try:
-        rel = con.sql(sql, params=params) if params else con.sql(sql)
-        return rel.to_arrow_table() if rel is not None else pa.table({})
-    except duckdb.Error as e:
-        if "read-only" in str(e):
-            raise SMDAError(f"the warehouse {path} is opened read-only for queries; writes (INSERT, UPDATE, DELETE, "
-                            f"CREATE, DROP, ...) go through the pipeline: {e}") from e
-        raise SMDAError(f"query failed on {path}: {e}") from e
-    finally:
-        con.close()
+    with session(path, read_only=True) as con:
+        try:
+            rel = con.sql(sql, params=params) if params else con.sql(sql)
+            return rel.to_arrow_table() if rel is not None else pa.table({})
+        except duckdb.Error as e:
+            if "read-only" in str(e):
+                raise SMDAError(f"the warehouse {path} is opened read-only for queries; writes (INSERT, UPDATE, DELETE, "
+                                f"CREATE, DROP, ...) go through the pipeline: {e}") from e
+            raise SMDAError(f"query failed on {path}: {e}") from e
 
 
 class _DuckDB2Compat:
@@ -307,11 +384,8 @@ def ibis_connection(path: str | Path = DEFAULT_PATH):
 
 def row_counts(path: str | Path = DEFAULT_PATH) -> dict[str, int]:
     """Row count of every public view ``smda.v_*``, by view name."""
-    con = connect(path, read_only=True)
-    try:
+    with session(path, read_only=True) as con:
         views = [v for (v,) in con.execute(
             "SELECT view_name FROM duckdb_views() WHERE schema_name = ? AND starts_with(view_name, 'v_') "
             "ORDER BY view_name", [SCHEMA]).fetchall()]
         return {v: con.execute(f"SELECT count(*) FROM {_table_ref(v)}").fetchone()[0] for v in views}
-    finally:
-        con.close()

@@ -3,4 +3,5 @@ CREATE OR REPLACE VIEW smda.v_pair_attribution AS
 SELECT a.pair_id, a.batch_id, a.feature_id, l.label, a.delta_beta, a.via_x, a.via_y, a.via_xy,
        a.contribution, a.method
 FROM smda.pair_attribution AS a
-LEFT JOIN smda.feature_labels AS l ON l.feature_id = a.feature_id;
+LEFT JOIN smda.feature_labels AS l ON l.feature_id = a.feature_id
+WHERE NOT EXISTS (SELECT 1 FROM smda.sft_batches AS sb WHERE sb.batch_id = a.batch_id AND sb.status = 'superseded');

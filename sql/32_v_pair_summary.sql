@@ -6,4 +6,5 @@ SELECT s.pair_id, s.batch_id, s.alignment, s.alignment_refit, s.alignment_linear
        p.content_hash
 FROM smda.pair_summary AS s
 LEFT JOIN smda.feature_labels AS l ON l.feature_id = s.dominant_feature
-LEFT JOIN smda.sft_pairs AS p ON p.pair_id = s.pair_id AND p.batch_id IS NOT DISTINCT FROM s.batch_id;
+LEFT JOIN smda.sft_pairs AS p ON p.pair_id = s.pair_id AND p.batch_id IS NOT DISTINCT FROM s.batch_id
+WHERE NOT EXISTS (SELECT 1 FROM smda.sft_batches AS sb WHERE sb.batch_id = s.batch_id AND sb.status = 'superseded');

@@ -9,7 +9,7 @@ FROM (
     JOIN smda.pair_summary AS s
       ON s.pair_id = a.pair_id AND s.batch_id IS NOT DISTINCT FROM a.batch_id AND s.method = a.method
     LEFT JOIN smda.feature_labels AS l ON l.feature_id = a.feature_id
-    WHERE a.delta_beta IS NOT NULL
+    WHERE a.delta_beta IS NOT NULL AND NOT EXISTS (SELECT 1 FROM smda.sft_batches AS sb WHERE sb.batch_id = a.batch_id AND sb.status = 'superseded')
 ) AS t
 WHERE rank <= 10
 ORDER BY feature_id, rank;

@@ -1,7 +1,9 @@
-"""SFT-side assets, one partition per SFT file: the pairs, their measured shifts, their attribution."""
+"""SFT-side assets, one partition per SFT batch (one file's content): the pairs, their shifts, their attribution.
 
-
-from pathlib import Path
+Partition steps run in parallel and never open DuckDB: each writes its batch's tables into the
+batch's staging folder (smda_core.staging). `loaded_batches` is the one writer: it loads every
+completed batch whose staged files changed, and marks superseded batches.
+"""
 
 import dagster as dg
 
@@ -9,51 +11,45 @@ from smda_assets.assets._meta import table_metadata
 from smda_assets.partitions import sft_batches
 from smda_assets.resources import SMDAResource
 
-
-def batch_files(cfg) -> dict[str, Path]:
-    """Batch id → SFT file: the file's stem plus a short hash of its content (a changed file is a new batch)."""
-    from smda_core.api import world_sources
-    from smda_core.inputs import file_batch_id
-
-    return {file_batch_id(p): Path(p) for p in world_sources(cfg, progress=False)["sft"]}
+EAGER = dg.AutomationCondition.eager()
+PAIR_TABLES = ["pair_attribution", "pair_summary", "pair_group_effects", "pair_group_shift", "pair_shifts"]
 
 
-@dg.asset(partitions_def=sft_batches, group_name="pairs", deps=["probes"],
-          description="SFT pairs of one batch with every metadata field they arrived with")
+@dg.asset(partitions_def=sft_batches, group_name="pairs", deps=["probe_file"],
+          description="SFT pairs of one batch with every metadata field they arrived with, checked against the probes")
 def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
     from smda_core import inputs
+    from smda_core.api import world_sources
+    from smda_core.batches import config_scan
 
     cfg = smda.config()
     batch = context.partition_key
-    files = batch_files(cfg)
-    if batch not in files:
-        raise dg.Failure(f"batch {batch}: no SFT file with this id among {sorted(files)}")
-    pairs = inputs.read_sft_pairs(files[batch], batch_id=batch)
-    probes = inputs.read_probes(_probe_file(cfg))
+    found = config_scan(cfg).batches
+    if batch not in found:
+        raise dg.Failure(f"batch {batch}: no SFT file holds this content now (it was changed or removed); "
+                         f"its staged copy, if any, is in {smda.stage.folder(batch)}")
+    source = found[batch]
+    pairs = inputs.read_sft_pairs(source.path, batch_id=batch)  # errors name the file, line and field
+    probes = inputs.read_probes(world_sources(cfg, progress=False)["probes"])
     overlap = inputs.check_overlap(probes, pairs, allow=cfg.data.allow_probe_overlap)
-    smda.write({"sft_pairs": pairs}, partition=batch)
-    return dg.MaterializeResult(metadata=table_metadata(pairs, source_file=str(files[batch]), probe_overlap=overlap.num_rows))
+    smda.stage.write_table(batch, "sft_pairs", pairs)
+    smda.stage.save(batch, "source", {"source_file": str(source.path), "content_hash": source.content_hash})
+    context.log.info(f"batch {batch}: {pairs.num_rows} pairs from {source.path}")
+    return dg.MaterializeResult(metadata=table_metadata(pairs, source_file=str(source.path), probe_overlap=overlap.num_rows),
+                                data_version=dg.DataVersion(source.content_hash[:16]))
 
 
-def _probe_file(cfg) -> str:
-    from smda_core.api import world_sources
-
-    return world_sources(cfg, progress=False)["probes"]
-
-
-@dg.asset(partitions_def=sft_batches, group_name="pairs", deps=["sft_pairs", "policy"],
+@dg.asset(partitions_def=sft_batches, group_name="pairs", deps=["sft_pairs", "policy", "shift_settings"],
+          automation_condition=EAGER,
           description="ΔX, ΔY of every pair over every probe after one optimiser step on that pair")
 def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
-    from smda_core import inputs
     from smda_core.api import load_world, measure_shifts
 
-    cfg = smda.config()
     batch = context.partition_key
-    world = load_world(cfg, progress=False)
-    policy = smda.load("policy")
-    pairs = inputs.read_sft_pairs(batch_files(cfg)[batch], batch_id=batch)
-    shifts = measure_shifts(world, policy, pairs)
-    smda.save(f"shifts/{batch}", shifts)
+    pairs = smda.stage.read_table(batch, "sft_pairs")
+    world = load_world(smda.config(), progress=False)
+    shifts = measure_shifts(world, smda.load("policy"), pairs)
+    smda.stage.save(batch, "shifts", shifts)
     context.log.info(f"{len(shifts.pair_ids)} pairs, {shifts.seconds.mean():.2f} s per pair")
     return dg.MaterializeResult(metadata={"pairs": len(shifts.pair_ids), "seconds_per_pair": float(shifts.seconds.mean()),
                                           "dtype": shifts.settings.dtype})
@@ -61,9 +57,9 @@ def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mat
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("pair_attribution", group_name="pairs", deps=["pair_shifts", "policy"],
+        dg.AssetSpec("pair_attribution", group_name="pairs", deps=["pair_shifts", "policy"], automation_condition=EAGER,
                      description="Δβ per pair and feature under each method, split into ΔX / ΔY pathways"),
-        dg.AssetSpec("pair_summary", group_name="pairs", deps=["pair_shifts", "policy"],
+        dg.AssetSpec("pair_summary", group_name="pairs", deps=["pair_shifts", "policy"], automation_condition=EAGER,
                      description="Per pair: alignment, correctness shift, dy, flips, interference"),
     ],
     partitions_def=sft_batches,
@@ -71,33 +67,49 @@ def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mat
     can_subset=False,
 )
 def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
-    from smda_core import inputs
     from smda_core.api import attribute, load_world
     from smda_core.tables import pair_tables
 
     cfg = smda.config()
     batch = context.partition_key
-    policy = smda.load("policy")
-    scores = smda.load("probe_scores")
-    shifts = smda.load(f"shifts/{batch}")
-    pairs = inputs.read_sft_pairs(batch_files(cfg)[batch], batch_id=batch)
+    policy, scores = smda.load("policy"), smda.load("probe_scores")
+    shifts = smda.stage.load(batch, "shifts")
+    pairs = smda.stage.read_table(batch, "sft_pairs")
     world = load_world(cfg, progress=False)
     attr = attribute(world, policy, scores, shifts, pairs)
     tables = pair_tables(batch, shifts, attr, policy, list(scores.probe_ids), delta_x=cfg.shifts.delta_x)
-    smda.write(tables, partition=batch)
+    for name in PAIR_TABLES:
+        smda.stage.write_table(batch, name, tables[name])
+    source = smda.stage.load(batch, "source")
+    smda.stage.commit(batch, ["sft_pairs", *PAIR_TABLES], source_file=source["source_file"],
+                      content_hash=source["content_hash"], n_pairs=pairs.num_rows)
     summary = tables["pair_summary"].to_pandas()
     top = summary.sort_values("interference", ascending=False).head(5)[["pair_id", "dominant_feature", "interference", "flagged"]]
     yield dg.MaterializeResult(asset_key="pair_attribution", metadata=table_metadata(tables["pair_attribution"]))
     yield dg.MaterializeResult(asset_key="pair_summary", metadata={
         **table_metadata(tables["pair_summary"]), "flagged_share": float(summary["flagged"].mean()),
         "most_interfering": dg.MetadataValue.md(top.to_markdown(index=False) if _has_tabulate() else top.to_string(index=False))})
-    methods = set(tables["pair_attribution"]["method"].to_pylist())
-    per_method = {m: len(set(p for p, mm in zip(tables["pair_attribution"]["pair_id"].to_pylist(),
-                                                   tables["pair_attribution"]["method"].to_pylist()) if mm == m))
-                  for m in cfg.attribution.methods}
+    attributed = tables["pair_attribution"].select(["pair_id", "method"]).to_pylist()
+    per_method = {m: len({r["pair_id"] for r in attributed if r["method"] == m}) for m in cfg.attribution.methods}
     yield dg.AssetCheckResult(check_name="every_pair_attributed", asset_key="pair_attribution",
-                              passed=all(v == len(shifts.pair_ids) for v in per_method.values()) and methods == set(cfg.attribution.methods),
+                              passed=all(v == len(shifts.pair_ids) for v in per_method.values()),
                               metadata={"pairs": len(shifts.pair_ids), **{f"attributed_{m}": v for m, v in per_method.items()}})
+
+
+@dg.asset(group_name="warehouse", deps=["sft_pairs", "pair_attribution", "pair_summary"], automation_condition=EAGER,
+          description="The one writer of SFT batches: loads each completed batch's staged tables into DuckDB "
+                      "(only batches whose files changed), and marks batches replaced by a file's new content superseded")
+def loaded_batches(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
+    from smda_core.staging import load_batches
+
+    keys = context.instance.get_dynamic_partitions(sft_batches.name)
+    with smda.connect() as con:
+        report = load_batches(con, smda.stage, keys)
+    context.log.info(f"loaded {report.loaded}; unchanged {len(report.unchanged)}; not staged {report.not_staged}; "
+                     f"superseded {report.superseded}")
+    return dg.MaterializeResult(metadata={"loaded": ", ".join(report.loaded) or "-", "n_loaded": len(report.loaded),
+                                          "unchanged": len(report.unchanged), "not_staged": ", ".join(report.not_staged) or "-",
+                                          "superseded": ", ".join(report.superseded) or "-"})
 
 
 def _has_tabulate() -> bool:

@@ -6,12 +6,18 @@ import dagster as dg
 from smda_assets.assets._meta import table_metadata
 from smda_assets.resources import SMDAResource
 
+EAGER = dg.AutomationCondition.eager()
+READOUT_INPUTS = ["model_files", "sae_files", "probe_file", "readout_settings"]
+
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("probes", group_name="probes", description="Validated probe prompts with category and harmful labels"),
-        dg.AssetSpec("features", group_name="probes", description="Sparse SAE features (probe, feature, activation ≠ 0)"),
-        dg.AssetSpec("behaviour_scores", group_name="probes", description="Refusal behaviour y, refusal_prob, refused"),
+        dg.AssetSpec("probes", group_name="probes", deps=READOUT_INPUTS, automation_condition=EAGER,
+                     description="Validated probe prompts with category and harmful labels"),
+        dg.AssetSpec("features", group_name="probes", deps=READOUT_INPUTS, automation_condition=EAGER,
+                     description="Sparse SAE features (probe, feature, activation ≠ 0)"),
+        dg.AssetSpec("behaviour_scores", group_name="probes", deps=READOUT_INPUTS, automation_condition=EAGER,
+                     description="Refusal behaviour y, refusal_prob, refused"),
     ],
     can_subset=False,
 )
@@ -19,6 +25,9 @@ def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     """Load model + SAE, read every probe once: features at the configured position and behaviour."""
     from smda_core.api import load_world, measure_probes
     from smda_core.tables import probe_tables
+    from smda_core.versions import input_versions, readout_version
+
+    version = dg.DataVersion(readout_version(input_versions(smda.config())))
     world = load_world(smda.config())
     context.log.info(f"model {world.model_name}, SAE {world.sae_name}, hook {world.hook_name}, {len(world.probes)} probes")
     scores = measure_probes(world)
@@ -26,17 +35,17 @@ def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     smda.write(tables)
     smda.save("probe_scores", scores)
     for name, table in tables.items():
-        yield dg.MaterializeResult(asset_key=name, metadata=table_metadata(table))
+        yield dg.MaterializeResult(asset_key=name, metadata=table_metadata(table), data_version=version)
 
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("policy", group_name="policy", deps=["features", "behaviour_scores"],
-                     description="The symbolic policy: selected features and ridge coefficients"),
-        dg.AssetSpec("policy_fit", group_name="policy", deps=["features", "behaviour_scores"],
-                     description="R², LOO R², λ, held-out accuracy against the majority baseline"),
-        dg.AssetSpec("feature_labels", group_name="policy", deps=["features"],
-                     description="Feature names: imported export or automatic labels"),
+        dg.AssetSpec("policy", group_name="policy", deps=["features", "behaviour_scores", "policy_settings"],
+                     automation_condition=EAGER, description="The symbolic policy: selected features and ridge coefficients"),
+        dg.AssetSpec("policy_fit", group_name="policy", deps=["features", "behaviour_scores", "policy_settings"],
+                     automation_condition=EAGER, description="R², LOO R², λ, held-out accuracy against the majority baseline"),
+        dg.AssetSpec("feature_labels", group_name="policy", deps=["features", "policy_settings"],
+                     automation_condition=EAGER, description="Feature names: imported export or automatic labels"),
     ],
     check_specs=[dg.AssetCheckSpec("beats_majority_baseline", asset="policy_fit")],
     can_subset=False,
@@ -45,8 +54,10 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
     """Fit the policy on the stored probe readout, label its features, render the formula."""
     from smda_core.api import feature_labels, fit_policy, formula, load_world
     from smda_core.tables import policy_tables
+    from smda_core.versions import input_versions, policy_version
 
     cfg = smda.config()
+    version = dg.DataVersion(policy_version(input_versions(cfg)))
     scores = smda.load("probe_scores")
     world = load_world(cfg, progress=False)
     policy = fit_policy(world, scores)
@@ -61,9 +72,12 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
     fit = {"lambda": policy.lam, "r2": policy.r2, "loo_r2": policy.loo_r2, "accuracy": policy.accuracy,
            "majority_baseline": policy.majority_baseline, "k": policy.k}
     yield dg.MaterializeResult(asset_key="policy", metadata={**table_metadata(tables["policy_features"]),
-                                                              "formula": dg.MetadataValue.md(f"`{text}`")})
-    yield dg.MaterializeResult(asset_key="policy_fit", metadata={**table_metadata(tables["policy_fit"]), **fit})
-    yield dg.MaterializeResult(asset_key="feature_labels", metadata=table_metadata(tables["feature_labels"]))
+                                                              "formula": dg.MetadataValue.md(f"`{text}`")},
+                               data_version=version)
+    yield dg.MaterializeResult(asset_key="policy_fit", metadata={**table_metadata(tables["policy_fit"]), **fit},
+                               data_version=version)
+    yield dg.MaterializeResult(asset_key="feature_labels", metadata=table_metadata(tables["feature_labels"]),
+                               data_version=version)
     yield dg.AssetCheckResult(
         check_name="beats_majority_baseline", asset_key="policy_fit", passed=bool(policy.accuracy > policy.majority_baseline),
         severity=dg.AssetCheckSeverity.WARN,
@@ -72,11 +86,8 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
 
 @dg.asset_check(asset="features", description="No NaN or infinite activation was stored")
 def features_are_finite(smda: SMDAResource) -> dg.AssetCheckResult:
-    from smda_core.warehouse import connect
+    from smda_core.warehouse import session
 
-    con = connect(smda.warehouse, read_only=True)
-    try:
+    with session(smda.warehouse, read_only=True) as con:
         bad = con.execute("SELECT count(*) FROM smda.features WHERE NOT isfinite(activation)").fetchone()[0]
-    finally:
-        con.close()
     return dg.AssetCheckResult(passed=bad == 0, metadata={"non_finite": int(bad)})

@@ -1,0 +1,80 @@
+"""New SFT files → new partitions (a sensor); everything again on a cron (a schedule); the jobs they launch.
+
+The sensor looks at the watched folder (config `watch.folder`; the demo's SFT folder by default).
+Each file content not yet a batch becomes a new dynamic partition and one run for that partition
+alone: its pairs, shifts and attribution, then the one writer that loads it. Content already held
+by a batch (the same file dropped twice, under any name) adds nothing; a changed file is a new
+batch, and the loader marks the old one superseded. Stale partitions (new model, SAE, probes or
+settings) are recomputed by the assets' eager automation conditions after the policy is refitted
+once; the schedule observes the inputs and re-runs the probe side, from which all of that follows.
+"""
+
+import os
+
+import dagster as dg
+
+from smda_assets.partitions import sft_batches
+from smda_assets.resources import SMDAResource
+
+BATCH_ASSETS = ["sft_pairs", "pair_shifts", "pair_attribution", "pair_summary", "loaded_batches"]
+INPUT_KEYS = ["model_files", "sae_files", "probe_file", "readout_settings", "policy_settings", "shift_settings"]
+PROBE_KEYS = ["probes", "features", "behaviour_scores", "policy", "policy_fit", "feature_labels"]
+
+# Heavy modules are imported once in the forkserver, not once per step.
+PRELOAD = ["torch", "transformers", "sae_lens", "smda_core.api", "smda_core.shifts"]
+batch_executor = dg.multiprocess_executor.configured(
+    {"max_concurrent": 2, "start_method": {"forkserver": {"preload_modules": PRELOAD}}})
+
+batch_job = dg.define_asset_job(
+    "sft_batch", selection=dg.AssetSelection.assets(*BATCH_ASSETS), partitions_def=sft_batches,
+    executor_def=batch_executor,
+    description="One SFT batch: pairs, shifts, attribution (parallel-safe: staged files), then the one writer")
+observe_job = dg.define_asset_job(
+    "observe_inputs", selection=dg.AssetSelection.assets(*INPUT_KEYS),
+    description="Record the inputs' content hashes (data versions): what changed makes its dependents stale")
+refresh_job = dg.define_asset_job(
+    "refresh", selection=dg.AssetSelection.assets(*INPUT_KEYS, *PROBE_KEYS, "loaded_batches", "dataset_metadata", "views"),
+    description="Observe the inputs, re-read the probes, refit the policy, reload batches, re-apply the views")
+
+
+def _watch_settings():
+    from smda_core.config import load_config
+
+    return load_config(os.environ.get("SMDA_CONFIG") or None).watch
+
+
+def new_batch_requests(smda: SMDAResource, instance: dg.DagsterInstance) -> tuple[list[str], dict]:
+    """Batch ids of file contents not yet partitions, and what the scan saw (for the cursor and logs)."""
+    from smda_core.batches import config_scan
+
+    existing = instance.get_dynamic_partitions(sft_batches.name)
+    found = config_scan(smda.config(), known=existing)
+    new = [b for b in found.batches if b not in existing]
+    seen = {"batches": sorted(found.batches), "duplicates": {str(k): v for k, v in found.duplicates.items()}}
+    return new, seen
+
+
+_watch = _watch_settings()
+
+
+@dg.sensor(name="sft_folder_sensor", minimum_interval_seconds=_watch.sensor_interval_s,
+           default_status=dg.DefaultSensorStatus.RUNNING if _watch.sensor_running else dg.DefaultSensorStatus.STOPPED,
+           asset_selection=dg.AssetSelection.assets(*BATCH_ASSETS),
+           description="New SFT file contents in the watched folder → a new partition and a run for it alone")
+def sft_folder_sensor(context: dg.SensorEvaluationContext, smda: SMDAResource) -> dg.SensorResult:
+    import json
+
+    new, seen = new_batch_requests(smda, context.instance)
+    for path, batch in seen["duplicates"].items():
+        context.log.info(f"{path}: same content as batch {batch}; not added again")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=b, partition_key=b, asset_selection=[dg.AssetKey(k) for k in BATCH_ASSETS])
+                      for b in new],
+        dynamic_partitions_requests=[sft_batches.build_add_request(new)] if new else [],
+        cursor=json.dumps(seen, sort_keys=True))
+
+
+refresh_schedule = dg.ScheduleDefinition(
+    name="smda_refresh", job=refresh_job, cron_schedule=_watch.cron,
+    default_status=dg.DefaultScheduleStatus.RUNNING if _watch.schedule_running else dg.DefaultScheduleStatus.STOPPED,
+    description="Re-run everything: observe inputs, refit; stale batch partitions follow by their automation conditions")
