@@ -53,6 +53,17 @@ def default_instance(resource: SMDAResource | None = None) -> dg.DagsterInstance
     return dg.DagsterInstance.get()
 
 
+def step_error(events) -> str | None:
+    """The first failed step's own error (Dagster wraps it; the cause names the file and line)."""
+    for event in events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            while error.cause is not None:
+                error = error.cause
+            return error.message.strip()
+    return None
+
+
 def _run(resource: SMDAResource, instance: dg.DagsterInstance, keys: list[str], partition: str | None = None,
          raise_on_error: bool = True) -> str | None:
     """Materialise `keys` in-process; returns the first step's error message when it failed."""
@@ -62,9 +73,7 @@ def _run(resource: SMDAResource, instance: dg.DagsterInstance, keys: list[str], 
                             partition_key=partition, raise_on_error=raise_on_error)
     if result.success:
         return None
-    failures = [e.step_failure_data.error.message.strip() for e in result.all_events
-                if e.is_step_failure and e.step_failure_data and e.step_failure_data.error]
-    return failures[0] if failures else f"materialisation of {keys} failed"
+    return step_error(result.all_events) or f"materialisation of {keys} failed"
 
 
 def observe_inputs(resource: SMDAResource, instance: dg.DagsterInstance) -> None:
@@ -81,13 +90,11 @@ def run_batch_job(batch: str, config_path: str | None, warehouse_path: str | Non
     resource = SMDAResource(config_path=config_path, warehouse_path=warehouse_path)
     keys = BATCH_KEYS + (["loaded_batches"] if with_loader else [])
     with dg.DagsterInstance.get() as instance:
-        result = dg.execute_job(dg.reconstructable(batch_job_def), instance=instance, partition_key=batch,
+        result = dg.execute_job(dg.reconstructable(batch_job_def), instance=instance, tags={"dagster/partition": batch},
                                 run_config=_run_config(resource), asset_selection=[dg.AssetKey(k) for k in keys])
         if result.success:
             return None
-        failures = [e.step_failure_data.error.message.strip() for e in result.all_events
-                    if e.is_step_failure and e.step_failure_data and e.step_failure_data.error]
-        return failures[0] if failures else f"run for batch {batch} failed"
+        return step_error(result.all_events) or f"run for batch {batch} failed"
 
 
 def run_batches(batches: list[str], resource: SMDAResource, instance: dg.DagsterInstance, workers: int = 1) -> dict[str, str]:

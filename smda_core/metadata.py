@@ -47,7 +47,7 @@ def table_name(path: str | Path, name: str | None = None) -> str:
 def _matches(con: duckdb.DuckDBPyConnection, keys: pa.Table, column: str) -> int:
     con.register("_smda_keys", keys)
     try:
-        return con.execute(f"SELECT count(DISTINCT k) FROM _smda_keys JOIN smda.v_pair_summary AS s ON s.{column} = k").fetchone()[0]
+        return con.execute(f"SELECT count(DISTINCT k) FROM _smda_keys JOIN smda.v_pair_summary AS s ON s.{column} = k").fetchall()[0][0]
     finally:
         con.unregister("_smda_keys")
 
