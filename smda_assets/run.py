@@ -97,14 +97,16 @@ def run_batch_job(batch: str, config_path: str | None, warehouse_path: str | Non
         return step_error(result.all_events) or f"run for batch {batch} failed"
 
 
-def run_batches(batches: list[str], resource: SMDAResource, instance: dg.DagsterInstance, workers: int = 1) -> dict[str, str]:
+def run_batches(batches: list[str], resource: SMDAResource, instance: dg.DagsterInstance, workers: int = 1,
+                separate_runs: bool | None = None) -> dict[str, str]:
     """Compute batches, one run each: in this process one after another, or `workers` runs at once.
 
-    Parallel runs are separate processes (each a run with the multiprocess executor) on the
-    persistent instance; they write only their batch's staging folder, so they never contend
-    for DuckDB. Returns batch → error for the batches that failed.
+    Separate runs (the default when workers > 1) are processes of their own, each a run of the
+    `sft_batch` job with the multiprocess executor on the persistent instance; they write only
+    their batch's staging folder, so they never contend for DuckDB. Each gets its share of the
+    CPU cores for torch. Returns batch → error for the batches that failed.
     """
-    if workers <= 1:
+    if not (workers > 1 if separate_runs is None else separate_runs):
         failed = {}
         for batch in batches:
             error = _run(resource, instance, BATCH_KEYS, partition=batch, raise_on_error=False)
@@ -113,7 +115,8 @@ def run_batches(batches: list[str], resource: SMDAResource, instance: dg.Dagster
         return failed
     if instance.is_ephemeral:
         raise SMDAError("parallel batches need a persistent Dagster instance: set DAGSTER_HOME (the Makefile does)")
-    env = {**os.environ, "DAGSTER_HOME": str(instance.root_directory)}
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    env = {**os.environ, "DAGSTER_HOME": str(instance.root_directory), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
     def one(batch: str) -> tuple[str, str | None]:
         cmd = [sys.executable, "-m", "smda_assets.run", batch]
