@@ -24,7 +24,6 @@ from smda_assets.resources import SMDAResource
 from smda_core.errors import SMDAError
 
 BATCH_KEYS = ["sft_pairs", "pair_shifts", "pair_attribution", "pair_summary"]
-PAIR_KEYS = BATCH_KEYS  # kept for callers of the earlier name
 
 
 @dataclass

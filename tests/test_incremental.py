@@ -214,8 +214,14 @@ def test_changing_probes_or_sae_marks_policy_and_every_batch_stale_and_ingest_re
     fresh = stale_report(defs, s.instance)
     assert fresh.keys("stale") == [] and fresh.keys("missing") == [("curation_experiment", None)]
 
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=s.instance)  # the daemon's view: all up to date
+    assert tick.get_num_requested(dg.AssetKey("probes")) == 0 and tick.get_num_requested(dg.AssetKey("policy")) == 0
+
     _write_jsonl(s.probes, probes[:70] + probes[70:75])  # five more probes
     observe_inputs(s.resource, s.instance)
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=s.instance, cursor=tick.cursor)
+    assert tick.get_num_requested(dg.AssetKey("probes")) == 1  # eager: the daemon would re-read the probes now
+    assert tick.get_num_requested(dg.AssetKey("pair_shifts")) == 0  # and the batches only after the refit
     report = stale_report(defs, s.instance)
     assert report.of("probes") == "stale"
     assert any("probe_file" in c for c in report.causes[("probes", None)])  # Dagster's own root cause
@@ -316,3 +322,18 @@ def test_metadata_add_joins_a_users_table_by_pair_id_or_content_hash(watched, tm
     out = runner.invoke(app, ["metadata", "add", str(tmp_path / "dupes.csv"), "--key", "id",
                               "--config", str(s.config), "--warehouse", str(s.warehouse)])
     assert out.exit_code == 1 and "dupes.csv" in out.output and "line 3" in out.output
+
+
+def test_the_sensor_and_schedule_are_wired_from_the_config():
+    from smda_assets.definitions import defs
+    from smda_core.config import load_config
+
+    watch = load_config().watch
+    schedule = defs.resolve_schedule_def("smda_refresh")
+    assert schedule.cron_schedule == watch.cron
+    assert schedule.job_name == "refresh"
+    refresh = {k.to_user_string() for k in defs.resolve_job_def("refresh").asset_layer.selected_asset_keys}
+    assert {"probe_file", "sae_files", "policy", "loaded_batches", "views"} <= refresh
+    sensor = defs.resolve_sensor_def("sft_folder_sensor")
+    assert sensor.minimum_interval_seconds == watch.sensor_interval_s
+    assert sensor.default_status == (dg.DefaultSensorStatus.RUNNING if watch.sensor_running else dg.DefaultSensorStatus.STOPPED)
