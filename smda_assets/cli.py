@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="Symbolic Mechanistic Data Attribution warehouse.", no_args_is_help=True)
@@ -199,7 +200,7 @@ def _show_policy(path: Path) -> None:
     if not fit:
         _fail(ValueError(f"{path}: no policy fitted yet; run `smda materialize`"))
     f = fit[0]
-    console.print(f"[bold]{f['formula']}[/]")
+    console.print(f"[bold]{escape(f['formula'])}[/]")  # labels are [bracketed]: not Rich markup
     console.print(f"λ={f['lambda']:.4g}  R²={f['r2']:.3f}  LOO R²={f['loo_r2']:.3f}  held-out accuracy={f['accuracy']:.3f} "
                   f"(majority baseline {f['majority_baseline']:.3f})  n={f['n_probes']} k={f['k']}  preset={f['preset']}  "
                   f"{f['hook']} @ {f['position']}")
@@ -225,7 +226,7 @@ def fit(config: ConfigOpt = None,
         policy = fit_policy(world, measure_probes(world))
     except SMDAError as exc:
         _fail(exc)
-    console.print(f"[bold]{formula(world, policy)}[/]")
+    console.print(f"[bold]{escape(formula(world, policy))}[/]")
     console.print(f"preset={cfg.preset}  λ={policy.lam:.4g}  R²={policy.r2:.3f}  LOO R²={policy.loo_r2:.3f}  "
                   f"held-out accuracy={policy.accuracy:.3f}  majority baseline={policy.majority_baseline:.3f}  "
                   f"n={policy.n} k={policy.k}")

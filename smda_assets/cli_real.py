@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -58,7 +59,7 @@ def world_real(name: str, *, small: bool, config: str | None, warehouse: str | N
                   f"(gap {fig['refusal_gap']:.3f}); lowest harmful category: {fig['lowest_harmful_category']}")
     console.print(f"policy: k={fit.get('k')}, λ={fit.get('lambda', 0):.3g}, R² {fit.get('r2', 0):.3f}, LOO R² {fit.get('loo_r2', 0):.3f}, "
                   f"held-out accuracy {fit.get('accuracy', 0):.3f} vs majority {fit.get('majority_baseline', 0):.3f}")
-    console.print(f"[bold]{fit.get('formula')}[/]")
+    console.print(f"[bold]{escape(str(fit.get('formula')))}[/]")  # labels are in [brackets]: not rich markup
     _table(fig["categories"], "category gaps")
     console.print(f"linear vs refit: {json.dumps(fig['linear_vs_refit'])}")
     _table(fig["separation"], "bad-pair AUC (P(score of a good pair > score of a bad pair))")

@@ -38,14 +38,14 @@ class RealRecipe:
     name: str = "smollm2"
     seed: int = 0
     planted_category: str = "fraud"
-    n_corpus: int = 640
+    n_corpus: int = 800
     n_sae_corpus: int = 3000
     n_probes: int = 150
     n_pairs: int = 40
     bad_share: float = 0.2
     hook_layer: int = HOOK_LAYER
     shift_lr: float = 1e-3
-    finetune: FinetuneSpec = field(default_factory=lambda: FinetuneSpec(steps=100, batch_size=8, lr=3e-4, train_from_layer=12))
+    finetune: FinetuneSpec = field(default_factory=lambda: FinetuneSpec(steps=110, batch_size=8, lr=3e-4, train_from_layer=12))
     sae: SAETrainSpec = field(default_factory=lambda: SAETrainSpec(
         hook_layer=HOOK_LAYER, d_sae=2304, k=32, n_tokens=60_000, eval_tokens=8192, chunk_tokens=16_384, steps=600,
         batch_size=512))
@@ -131,6 +131,9 @@ def _config(rec: RealRecipe, model: Path, sae: Path, probes: Path, sft: list[Pat
         "sae": {"path": str(sae.resolve())},
         "behaviour": {"kind": "log_refusal", "refusal_openings": list(recipe.REFUSAL_OPENINGS)},
         "features": {"batch_size": 32},
+        # Scale-free selection: the paper's contrast threshold (0.1) is in raw activation units, which
+        # depend on the SAE; on this one it keeps a handful of features (none in the small world).
+        "policy": {"selection": "correlation", "correlation_k": 32, "min_active": 5},
         "data": {"probes": str(probes.resolve()), "sft": [str(p.resolve()) for p in sft]},
         # float32 on a 135M model: a step 10× the paper's keeps shifts well above float32 round-off.
         "shifts": {"dtype": "float32", "lr": rec.shift_lr, "batch_size": 32},
