@@ -36,6 +36,7 @@ test: venv
 bench: venv
 	$(PY) benchmarks/extract_speed.py
 	$(PY) benchmarks/shift_speed.py
+	$(PY) benchmarks/partitions_parallel.py
 
 clean:
 	rm -rf $(VENV) .cache warehouse .dagster_home
