@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+
+from smda_assets.display import console, print_rows
 
 app = typer.Typer(help="Symbolic Mechanistic Data Attribution warehouse.", no_args_is_help=True)
-console = Console()
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="smda.yaml (default: the embedded demo)")]
 WarehouseOpt = Annotated[str | None, typer.Option("--warehouse", help="DuckDB file (default: from the config)")]
@@ -38,15 +37,6 @@ def _warehouse(config: str | None, warehouse: str | None) -> Path:
     return Path(warehouse or load_config(config).warehouse)
 
 
-def _print_table(table, title: str | None = None, limit: int = 50) -> None:
-    t = Table(title=title, show_lines=False)
-    for name in table.column_names:
-        t.add_column(name)
-    for row in table.slice(0, limit).to_pylist():
-        t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()])
-    console.print(t)
-    if table.num_rows > limit:
-        console.print(f"… {table.num_rows - limit} more rows")
 
 
 @app.command()
@@ -57,11 +47,11 @@ def demo(warehouse: WarehouseOpt = None) -> None:
     _show_policy(path)
     from smda_core.warehouse import query
 
-    _print_table(query(path, "SELECT pair_id, dominant_feature, dominant_label, round(interference, 3) AS interference "
+    print_rows(query(path, "SELECT pair_id, dominant_feature, dominant_label, round(interference, 3) AS interference "
                              "FROM smda.v_interference ORDER BY interference DESC LIMIT 5"), "Five most interfering pairs")
     for title, sql in EXAMPLE_QUERIES.items():
         console.print(f"[bold]{title}[/]\n[dim]{sql}[/]")
-        _print_table(query(path, sql))
+        print_rows(query(path, sql))
 
 
 def _materialize(config: str | None, warehouse: str | None) -> None:
@@ -102,7 +92,7 @@ def ingest(config: ConfigOpt = None, warehouse: WarehouseOpt = None,
         console.print(f"[bold red]batch {batch} failed:[/] {error}")
     from smda_core.warehouse import query
 
-    _print_table(query(_warehouse(config, warehouse), "SELECT batch_id, source_file, n_pairs, status, superseded_by "
+    print_rows(query(_warehouse(config, warehouse), "SELECT batch_id, source_file, n_pairs, status, superseded_by "
                                                       "FROM smda.v_sft_batches"), "SFT batches")
     if report.failed:
         raise typer.Exit(code=1)
@@ -127,7 +117,7 @@ def stale(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
         return
     import pyarrow as pa
 
-    _print_table(pa.Table.from_pylist(rows), "Stale or missing", limit=200)
+    print_rows(pa.Table.from_pylist(rows), "Stale or missing", limit=200)
 
 
 metadata_app = typer.Typer(help="Your dataset tables, joined to the pair views by pair_id or content hash.", no_args_is_help=True)
@@ -169,7 +159,7 @@ def query_cmd(sql: str, config: ConfigOpt = None, warehouse: WarehouseOpt = None
     except SMDAError as exc:
         _fail(exc)
     if format == "table":
-        _print_table(table)
+        print_rows(table)
         return
     if format not in ("csv", "json", "parquet"):
         _fail(ValueError(f"--format {format}: use table, csv, json or parquet"))
@@ -270,7 +260,7 @@ def curate(rule: Annotated[str | None, typer.Option(help="quantitative[:SCORE] |
         result = run_curate(config, warehouse, rule=rule, n_random=n_random)
     except SMDAError as exc:
         _fail(exc)
-    _print_table(result["table"], f"curation {result['experiment_id']}: rule {result['rule']}")
+    print_rows(result["table"], f"curation {result['experiment_id']}: rule {result['rule']}")
     cmp = result["comparison"]
     console.print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in cmp.items()))
 
@@ -296,7 +286,7 @@ def validate_lds(subsets: Annotated[int, typer.Option(help="random subsets to fi
         table = run_lds(config, warehouse, subsets=subsets, fraction=fraction, peer=peer)
     except SMDAError as exc:
         _fail(exc)
-    _print_table(table.select(["check", "method", "score", "n", "spearman"]), "LDS")
+    print_rows(table.select(["check", "method", "score", "n", "spearman"]), "LDS")
 
 
 @validate_app.command("stability")
@@ -311,7 +301,7 @@ def validate_stability(sae_seeds: Annotated[int, typer.Option(help="SAEs that di
         table, _ = run_stability(config, warehouse, sae_seeds=sae_seeds, n_pairs=pairs)
     except SMDAError as exc:
         _fail(exc)
-    _print_table(table.select(["check", "method", "score", "n", "spearman"]), "Stability across SAE seeds (spearman = value)")
+    print_rows(table.select(["check", "method", "score", "n", "spearman"]), "Stability across SAE seeds (spearman = value)")
 
 
 @app.command()
@@ -324,7 +314,7 @@ def separation(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None
     rows = query(path, "SELECT s.*, p.kind FROM smda.v_pair_summary s JOIN smda.v_sft_pairs p USING (pair_id)")
     import pyarrow as pa
 
-    _print_table(pa.Table.from_pandas(separation_table(rows.to_pandas()), preserve_index=False), "AUC = P(score of a good pair > score of a bad pair)")
+    print_rows(pa.Table.from_pandas(separation_table(rows.to_pandas()), preserve_index=False), "AUC = P(score of a good pair > score of a bad pair)")
 
 
 if __name__ == "__main__":

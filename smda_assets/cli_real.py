@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-console = Console()
+from smda_assets.display import console, print_rows
+
 sae_app = typer.Typer(help="Sparse autoencoders: train one on a model's residual stream.", no_args_is_help=True)
 
 
@@ -23,15 +22,6 @@ def _materialize(config_path: str, warehouse_path: str) -> None:
     materialize_all(config_path, warehouse_path, instance=dg.DagsterInstance.ephemeral())
 
 
-def _table(rows: list[dict], title: str) -> None:
-    if not rows:
-        return
-    t = Table(title=title)
-    for c in rows[0]:
-        t.add_column(str(c))
-    for r in rows:
-        t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()])
-    console.print(t)
 
 
 def world_real(name: str, *, small: bool, config: str | None, warehouse: str | None) -> None:
@@ -49,7 +39,7 @@ def world_real(name: str, *, small: bool, config: str | None, warehouse: str | N
         raise typer.BadParameter(str(exc)) from None
     s = report["sae_report"]
     console.print(f"world {report['world']}: config {report['config']}, warehouse {report['warehouse']}")
-    _table([{"step": k, **v} for k, v in report["steps"].items()], f"build steps ({report['seconds_total']:.0f} s in all)")
+    print_rows([{"step": k, **v} for k, v in report["steps"].items()], f"build steps ({report['seconds_total']:.0f} s in all)", float_format=".3f")
     console.print(f"SAE {s['architecture']} d_sae={s['d_sae']} k={s['k']} at {s['hook_name']}: L0 {s['l0']:.1f}, "
                   f"explained variance {s['explained_variance']:.3f}, dead {s['dead_share']:.1%} "
                   f"({s['n_tokens_train']:,} training tokens, {s['n_tokens_eval']:,} held out)")
@@ -60,9 +50,9 @@ def world_real(name: str, *, small: bool, config: str | None, warehouse: str | N
     console.print(f"policy: k={fit.get('k')}, λ={fit.get('lambda', 0):.3g}, R² {fit.get('r2', 0):.3f}, LOO R² {fit.get('loo_r2', 0):.3f}, "
                   f"held-out accuracy {fit.get('accuracy', 0):.3f} vs majority {fit.get('majority_baseline', 0):.3f}")
     console.print(f"[bold]{escape(str(fit.get('formula')))}[/]")  # labels are in [brackets]: not rich markup
-    _table(fig["categories"], "category gaps")
+    print_rows(fig["categories"], "category gaps", float_format=".3f")
     console.print(f"linear vs refit: {json.dumps(fig['linear_vs_refit'])}")
-    _table(fig["separation"], "bad-pair AUC (P(score of a good pair > score of a bad pair))")
+    print_rows(fig["separation"], "bad-pair AUC (P(score of a good pair > score of a bad pair))", float_format=".3f")
     Path(report["config"]).with_name("figures.json").write_text(json.dumps(fig, indent=2, default=str))
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from smda_core.inputs import file_batch_id
+from smda_core.inputs import batch_stem, file_batch_id
 
 
 @dataclass(frozen=True)
@@ -109,3 +109,18 @@ def config_scan(config, known: Iterable[str] = ()) -> Scan:
     from smda_core.api import world_sources
 
     return scan(world_sources(config, progress=False)["sft"], known)
+
+
+def find_batch(config, batch_id: str) -> BatchFile | None:
+    """The file that holds one batch now (None if none does), hashing only the files named like it.
+
+    A partition run needs one batch; hashing every file of a large watched folder for each of
+    them would make N new files cost N² reads.
+    """
+    from smda_core.api import world_sources
+
+    stem = batch_id.rsplit("-", 1)[0]
+    for f in sorted({Path(p).resolve() for p in world_sources(config, progress=False)["sft"]}):
+        if batch_stem(f) == stem and file_batch_id(f) == batch_id:
+            return BatchFile(batch_id, f, file_hash(f))
+    return None

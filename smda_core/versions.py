@@ -18,6 +18,22 @@ INPUTS = ("model_files", "sae_files", "probe_file", "readout_settings", "policy_
 """The observable inputs, in the order the assets list them."""
 
 
+_FILE_DIGESTS: dict[tuple[str, int, int], bytes] = {}
+"""Digest per (file, size, mtime): one ingest asks for the same weights' version several times."""
+
+
+def _file_digest(f: Path) -> bytes:
+    st = f.stat()
+    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _FILE_DIGESTS[key] = h.digest()
+    return _FILE_DIGESTS[key]
+
+
 def path_hash(path: str | Path) -> str:
     """SHA-256 (16 hex) of a file, or of a folder's files (relative names and contents, in order)."""
     path = Path(path)
@@ -25,9 +41,7 @@ def path_hash(path: str | Path) -> str:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
         h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        h.update(_file_digest(f))
     return h.hexdigest()[:16]
 
 

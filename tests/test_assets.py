@@ -103,6 +103,17 @@ def test_query_command_refuses_to_write(built):
     assert ok.exit_code == 0 and json.loads(ok.output)[0]["n"] > 0
 
 
+def test_query_prints_bracketed_labels_verbatim(built):
+    """Policy labels are [bracketed]; a Rich table would take them for markup and drop them."""
+    from smda_assets.cli import app
+
+    cfg, wh, _, _ = built
+    label = query(wh, "SELECT label FROM smda.v_policy ORDER BY rank LIMIT 1").column("label")[0].as_py()
+    res = CliRunner().invoke(app, ["query", "SELECT '[' || label || ']' AS l FROM smda.v_policy ORDER BY rank LIMIT 1",
+                                   "--config", str(cfg)], env={"COLUMNS": "400"})
+    assert res.exit_code == 0 and f"[{label}]" in res.output
+
+
 def test_lds_of_every_method_and_the_peer_is_stored_on_the_same_subsets(built):
     from smda_assets.validate import run_lds
 

@@ -337,3 +337,26 @@ def test_the_sensor_and_schedule_are_wired_from_the_config():
     sensor = defs.resolve_sensor_def("sft_folder_sensor")
     assert sensor.minimum_interval_seconds == watch.sensor_interval_s
     assert sensor.default_status == (dg.DefaultSensorStatus.RUNNING if watch.sensor_running else dg.DefaultSensorStatus.STOPPED)
+
+
+def test_find_batch_reads_only_the_file_named_like_the_batch(tmp_path, demo_rows, monkeypatch):
+    from smda_core import batches
+    from smda_core.config import load_config
+
+    _, pairs = demo_rows
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(5):
+        _write_jsonl(inbox / f"batch {i}.jsonl", pairs[2 * i: 2 * i + 2])
+    cfg_path = tmp_path / "smda.yaml"
+    cfg_path.write_text(f"data:\n  sft: []\nwatch:\n  folder: {inbox}\ndemo:\n  cache_dir: {CACHE}\n")
+    cfg = load_config(cfg_path)
+    full = batches.config_scan(cfg).batches
+    wanted = next(b for b in full if b.startswith("batch_3-"))
+    read: list[Path] = []
+    real_hash = batches.file_hash
+    monkeypatch.setattr(batches, "file_hash", lambda p: read.append(Path(p)) or real_hash(p))
+    assert batches.find_batch(cfg, wanted) == full[wanted]
+    assert read == [inbox.resolve() / "batch 3.jsonl"]  # its neighbours were not hashed
+    _write_jsonl(inbox / "batch 3.jsonl", pairs[:1])  # changed: the old batch is held by no file now
+    assert batches.find_batch(cfg, wanted) is None

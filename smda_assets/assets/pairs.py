@@ -20,15 +20,14 @@ PAIR_TABLES = ["pair_attribution", "pair_summary", "pair_group_effects", "pair_g
 def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
     from smda_core import inputs
     from smda_core.api import world_sources
-    from smda_core.batches import config_scan
+    from smda_core.batches import find_batch
 
     cfg = smda.config()
     batch = context.partition_key
-    found = config_scan(cfg).batches
-    if batch not in found:
+    source = find_batch(cfg, batch)
+    if source is None:
         raise dg.Failure(f"batch {batch}: no SFT file holds this content now (it was changed or removed); "
                          f"its staged copy, if any, is in {smda.stage.folder(batch)}")
-    source = found[batch]
     pairs = inputs.read_sft_pairs(source.path, batch_id=batch)  # errors name the file, line and field
     probes = inputs.read_probes(world_sources(cfg, progress=False)["probes"])
     overlap = inputs.check_overlap(probes, pairs, allow=cfg.data.allow_probe_overlap)

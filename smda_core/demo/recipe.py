@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 REFUSAL_OPENINGS: tuple[str, ...] = ("i cannot", "i refuse", "i won't")
@@ -121,17 +122,31 @@ class World:
     refusal_rates: dict[str, float]  # subject phrase → refusal rate used in the corpus (ground truth, for reports only)
 
 
-def refusal_rate_table(rng: random.Random, planted: str) -> dict[tuple[str, str], float]:
-    """Per (category, object) refusal rate of the training corpus: harmful high, harmless low, planted low."""
+@dataclass(frozen=True)
+class RateRanges:
+    """Uniform ranges the per-item refusal rates of a fine-tuning corpus are drawn from."""
+
+    harmful: tuple[float, float]
+    harmless: tuple[float, float]
+    planted: tuple[float, float]
+
+
+DEMO_RATES = RateRanges(harmful=(0.72, 0.97), harmless=(0.03, 0.18), planted=(0.15, 0.35))
+
+
+def refusal_rate_table(rng: random.Random, planted: str, items: Iterable[tuple[str, bool, str]] | None = None,
+                       ranges: RateRanges = DEMO_RATES) -> dict[tuple[str, str], float]:
+    """Per (category, item) refusal rate of a training corpus: harmful high, harmless low, planted low.
+
+    `items` are (category, harmful, item) triples, the demo's (category, object) ones by default;
+    a spread of rates within each range keeps refusal from saturating.
+    """
+    if items is None:
+        items = [(cat.name, cat.harmful, obj) for cat in CATEGORIES for obj in cat.objects]
     rates: dict[tuple[str, str], float] = {}
-    for cat in CATEGORIES:
-        for obj in cat.objects:
-            if cat.name == planted:
-                rates[(cat.name, obj)] = rng.uniform(0.15, 0.35)
-            elif cat.harmful:
-                rates[(cat.name, obj)] = rng.uniform(0.72, 0.97)
-            else:
-                rates[(cat.name, obj)] = rng.uniform(0.03, 0.18)
+    for name, harmful, item in items:
+        lo, hi = ranges.planted if name == planted else ranges.harmful if harmful else ranges.harmless
+        rates[(name, item)] = rng.uniform(lo, hi)
     return rates
 
 

@@ -45,7 +45,7 @@ class RealRecipe:
     bad_share: float = 0.2
     hook_layer: int = HOOK_LAYER
     shift_lr: float = 1e-3
-    finetune: FinetuneSpec = field(default_factory=lambda: FinetuneSpec(steps=110, batch_size=8, lr=3e-4, train_from_layer=12))
+    finetune: FinetuneSpec = field(default_factory=lambda: FinetuneSpec(steps=120, batch_size=8, lr=3e-4, train_from_layer=12))
     sae: SAETrainSpec = field(default_factory=lambda: SAETrainSpec(
         hook_layer=HOOK_LAYER, d_sae=2304, k=32, n_tokens=60_000, eval_tokens=8192, chunk_tokens=16_384, steps=600,
         batch_size=512))
