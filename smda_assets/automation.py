@@ -10,6 +10,8 @@ once; the schedule observes the inputs and re-runs the probe side, from which al
 """
 
 import os
+from collections.abc import Iterable
+from pathlib import Path
 
 import dagster as dg
 
@@ -43,15 +45,40 @@ def _watch_settings():
     return load_config(os.environ.get("SMDA_CONFIG") or None).watch
 
 
-def new_batch_requests(smda: SMDAResource, instance: dg.DagsterInstance) -> tuple[list[str], dict]:
-    """Batch ids of file contents not yet partitions, and what the scan saw (for the cursor and logs)."""
+def new_batch_requests(smda: SMDAResource, instance: dg.DagsterInstance) -> tuple[list[str], list[str], dict]:
+    """Batch ids of file contents not yet partitions, partitions to retire, and what the scan saw.
+
+    A partition is retired (deleted from the dynamic partitions) once the loader has marked its
+    batch superseded and no file holds its content: nothing would recompute it under the eager
+    conditions any more, and its rows stay in the warehouse on record. If the old content comes
+    back, its id is new again and it is re-added like any new file.
+    """
     from smda_core.batches import config_scan
 
     existing = instance.get_dynamic_partitions(sft_batches.name)
     found = config_scan(smda.config(), known=existing)
     new = [b for b in found.batches if b not in existing]
+    retired = retirable(existing, smda.warehouse, found.batches)
     seen = {"batches": sorted(found.batches), "duplicates": {str(k): v for k, v in found.duplicates.items()}}
-    return new, seen
+    return new, retired, seen
+
+
+def retirable(registered: Iterable[str], warehouse: Path, current: Iterable[str]) -> list[str]:
+    """Registered partitions whose batch is superseded and whose content no current file holds."""
+    return sorted((set(registered) & superseded_batches(warehouse)) - set(current))
+
+
+def superseded_batches(warehouse: Path) -> set[str]:
+    """Batch ids the loader marked superseded (none before the warehouse has its batch registry)."""
+    from smda_core.warehouse import query
+
+    if not warehouse.exists():
+        return set()
+    has = query(warehouse, "SELECT count(*) AS n FROM duckdb_tables() WHERE schema_name = 'smda' AND table_name = 'sft_batches'")
+    if not has["n"][0].as_py():
+        return set()
+    rows = query(warehouse, "SELECT batch_id FROM smda.sft_batches WHERE status = 'superseded'")
+    return set(rows["batch_id"].to_pylist())
 
 
 _watch = _watch_settings()
@@ -64,13 +91,16 @@ _watch = _watch_settings()
 def sft_folder_sensor(context: dg.SensorEvaluationContext, smda: SMDAResource) -> dg.SensorResult:
     import json
 
-    new, seen = new_batch_requests(smda, context.instance)
+    new, retired, seen = new_batch_requests(smda, context.instance)
     for path, batch in seen["duplicates"].items():
         context.log.info(f"{path}: same content as batch {batch}; not added again")
+    if retired:
+        context.log.info(f"retiring superseded partitions: {', '.join(retired)}")
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=b, partition_key=b, asset_selection=[dg.AssetKey(k) for k in BATCH_ASSETS])
                       for b in new],
-        dynamic_partitions_requests=[sft_batches.build_add_request(new)] if new else [],
+        dynamic_partitions_requests=([sft_batches.build_add_request(new)] if new else [])
+        + ([sft_batches.build_delete_request(retired)] if retired else []),
         cursor=json.dumps(seen, sort_keys=True))
 
 

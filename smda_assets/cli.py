@@ -90,6 +90,8 @@ def ingest(config: ConfigOpt = None, warehouse: WarehouseOpt = None,
                   f"computed: {', '.join(report.ran) or 'none'}")
     for batch, error in report.failed.items():
         console.print(f"[bold red]batch {batch} failed:[/] {error}")
+    if report.retired:
+        console.print(f"retired superseded partitions (rows kept on record): {', '.join(report.retired)}")
     from smda_core.warehouse import query
 
     print_rows(query(_warehouse(config, warehouse), "SELECT batch_id, source_file, n_pairs, status, superseded_by "

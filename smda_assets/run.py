@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from smda_assets.automation import PROBE_KEYS
+from smda_assets.automation import PROBE_KEYS, retirable
 from smda_assets.definitions import batch_job_def, defs
 from smda_assets.partitions import sft_batches
 from smda_assets.resources import SMDAResource
@@ -36,6 +36,7 @@ class IngestReport:
     probe_side: bool = False
     ran: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)    # batch → error message
+    retired: list[str] = field(default_factory=list)        # superseded partitions deleted from the instance
     loaded: str = ""
 
 
@@ -134,8 +135,8 @@ def run_batches(batches: list[str], resource: SMDAResource, instance: dg.Dagster
 def ingest(config_path: str | None = None, warehouse_path: str | None = None, instance: dg.DagsterInstance | None = None,
            *, workers: int = 1, everything: bool = False, progress=None) -> IngestReport:
     """Bring the warehouse up to date with the inputs and the SFT files (everything=True: recompute all)."""
-    from smda_core.batches import config_scan
     from smda_assets.staleness import stale_report
+    from smda_core.batches import config_scan
 
     say = progress or (lambda msg: None)
     resource = SMDAResource(config_path=config_path, warehouse_path=warehouse_path)
@@ -162,6 +163,9 @@ def ingest(config_path: str | None = None, warehouse_path: str | None = None, in
     report.failed = run_batches(report.ran, resource, instance, workers)
     say("loading batches and applying views")
     _run(resource, instance, ["loaded_batches", "dataset_metadata", "views"])
+    report.retired = retirable(instance.get_dynamic_partitions(sft_batches.name), resource.warehouse, report.batches)
+    for batch in report.retired:  # superseded just now by the loader: nothing should recompute them
+        instance.delete_dynamic_partition(sft_batches.name, batch)
     return report
 
 

@@ -119,8 +119,12 @@ def find_batch(config, batch_id: str) -> BatchFile | None:
     """
     from smda_core.api import world_sources
 
-    stem = batch_id.rsplit("-", 1)[0]
+    if "-" not in batch_id:
+        return None  # not a batch id this project made
+    stem, short_hash = batch_id.rsplit("-", 1)
     for f in sorted({Path(p).resolve() for p in world_sources(config, progress=False)["sft"]}):
-        if batch_stem(f) == stem and file_batch_id(f) == batch_id:
-            return BatchFile(batch_id, f, file_hash(f))
+        if batch_stem(f) == stem:
+            digest = file_hash(f)
+            if digest[:8] == short_hash:
+                return BatchFile(batch_id, f, digest)
     return None

@@ -161,6 +161,17 @@ def test_same_content_twice_adds_nothing_and_a_changed_file_supersedes_its_batch
     responses = query(s.warehouse, "SELECT response FROM smda.v_sft_pairs WHERE batch_id = ?", [new])["response"].to_pylist()
     assert any(r.endswith("(revised)") for r in responses)
 
+    # The next tick retires the superseded partition: no eager condition recomputes it any more.
+    tick = s.sensor()
+    assert tick.run_requests == []
+    deletes = [r for r in tick.dynamic_partitions_requests if isinstance(r, dg.DeleteDynamicPartitionsRequest)]
+    assert [list(r.partition_keys) for r in deletes] == [[old]]
+    report = s.ingest()  # does the same without a daemon
+    assert report.retired == [old] and report.ran == [] and not report.failed
+    assert old not in s.instance.get_dynamic_partitions("sft_batches")
+    assert s.sensor().dynamic_partitions_requests == []
+    assert query(s.warehouse, "SELECT status FROM smda.v_sft_batches WHERE batch_id = ?", [old])["status"][0].as_py() == "superseded"
+
 
 def test_a_malformed_file_fails_its_own_partition_naming_file_and_line(watched):
     s = watched
