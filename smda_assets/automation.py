@@ -35,8 +35,9 @@ observe_job = dg.define_asset_job(
     "observe_inputs", selection=dg.AssetSelection.assets(*INPUT_KEYS),
     description="Record the inputs' content hashes (data versions): what changed makes its dependents stale")
 refresh_job = dg.define_asset_job(
-    "refresh", selection=dg.AssetSelection.assets(*INPUT_KEYS, *PROBE_KEYS, "loaded_batches", "dataset_metadata", "views"),
-    description="Observe the inputs, re-read the probes, refit the policy, reload batches, re-apply the views")
+    "refresh", selection=dg.AssetSelection.assets(*INPUT_KEYS, *PROBE_KEYS, "loaded_batches", "dataset_metadata", "views",
+                                        "plots"),
+    description="Observe the inputs, re-read the probes, refit the policy, reload batches, re-apply the views, redraw")
 
 
 def _watch_settings():

@@ -319,5 +319,22 @@ def separation(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None
     print_rows(pa.Table.from_pandas(separation_table(rows.to_pandas()), preserve_index=False), "AUC = P(score of a good pair > score of a bad pair)")
 
 
+@app.command()
+def plot(config: ConfigOpt = None, warehouse: WarehouseOpt = None,
+         out: Annotated[str | None, typer.Option("--out", help="folder for the PNGs (default: <warehouse stem>.files/plots)")] = None) -> None:
+    """Draw the views: policy coefficients, refusal per category, ΔX/ΔY pathways, interference (PNG files)."""
+    from smda_core.errors import SMDAError
+    from smda_assets.resources import SMDAResource
+    from smda_core.plots import write_plots
+
+    path = _warehouse(config, warehouse)
+    try:
+        written = write_plots(path, out or SMDAResource(warehouse_path=str(path)).files / "plots")
+    except SMDAError as exc:
+        _fail(exc)
+    for name, file in written.items():
+        console.print(f"{name}: {file}")
+
+
 if __name__ == "__main__":
     app()

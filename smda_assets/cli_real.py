@@ -54,6 +54,9 @@ def world_real(name: str, *, small: bool, config: str | None, warehouse: str | N
     console.print(f"linear vs refit: {json.dumps(fig['linear_vs_refit'])}")
     print_rows(fig["separation"], "bad-pair AUC (P(score of a good pair > score of a bad pair))", float_format=".3f")
     Path(report["config"]).with_name("figures.json").write_text(json.dumps(fig, indent=2, default=str))
+    from smda_assets.resources import SMDAResource
+
+    console.print(f"figures: {SMDAResource(warehouse_path=report['warehouse']).files / 'plots'}/*.png")
 
 
 @sae_app.command("train")

@@ -27,6 +27,15 @@ class SMDAResource(dg.ConfigurableResource):
     def warehouse(self) -> Path:
         return Path(self.warehouse_path or os.environ.get("SMDA_WAREHOUSE") or self.config().warehouse)
 
+    @property
+    def files(self) -> Path:
+        """This warehouse's own folder beside it, `<stem>.files/`: artefacts, staged batches, plots.
+
+        Keyed by the file, not the directory, so two warehouses in one folder (the demo's and a
+        real model's) never read each other's policy or batches.
+        """
+        return self.warehouse.with_name(self.warehouse.stem + ".files")
+
     @contextmanager
     def connect(self) -> Iterator[Any]:
         """A writing connection, holding the warehouse lock while open (parallel steps take turns).
@@ -56,12 +65,12 @@ class SMDAResource(dg.ConfigurableResource):
         """Per-batch staging folder: partitions write files here; one loader moves them into DuckDB."""
         from smda_core.staging import Stage
 
-        return Stage(self.warehouse.parent / "staging")
+        return Stage(self.files / "staging")
 
     @property
     def artifacts(self) -> Path:
-        """Numeric state passed between assets (pickled core objects), next to the DuckDB file."""
-        return self.warehouse.parent / "artifacts"
+        """Numeric state passed between assets (pickled core objects), in this warehouse's own folder."""
+        return self.files / "artifacts"
 
     def save(self, name: str, obj: Any) -> None:
         path = self.artifacts / f"{name}.pkl"

@@ -42,10 +42,10 @@ class IngestReport:
 
 def default_instance(resource: SMDAResource | None = None) -> dg.DagsterInstance:
     """The instance that remembers what was computed: `$DAGSTER_HOME`'s (the Makefile sets it to the
-    project), else one kept beside the warehouse (`<warehouse dir>/.dagster`), so that `smda ingest`
+    project), else the warehouse's own (`<warehouse stem>.files/.dagster`), so that `smda ingest`
     is incremental wherever it runs. One instance should serve one warehouse."""
     if not os.environ.get("DAGSTER_HOME"):
-        home = (resource or SMDAResource()).warehouse.parent / ".dagster"
+        home = (resource or SMDAResource()).files / ".dagster"
         home.mkdir(parents=True, exist_ok=True)
         if not (home / "dagster.yaml").exists():
             (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -161,8 +161,8 @@ def ingest(config_path: str | None = None, warehouse_path: str | None = None, in
     if report.ran:
         say(f"{len(report.ran)} batch(es): {', '.join(report.ran)}" + (f" ({workers} at a time)" if workers > 1 else ""))
     report.failed = run_batches(report.ran, resource, instance, workers)
-    say("loading batches and applying views")
-    _run(resource, instance, ["loaded_batches", "dataset_metadata", "views"])
+    say("loading batches, applying views, drawing plots")
+    _run(resource, instance, ["loaded_batches", "dataset_metadata", "views", "plots"])
     report.retired = retirable(instance.get_dynamic_partitions(sft_batches.name), resource.warehouse, report.batches)
     for batch in report.retired:  # superseded just now by the loader: nothing should recompute them
         instance.delete_dynamic_partition(sft_batches.name, batch)

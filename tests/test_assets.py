@@ -142,3 +142,43 @@ def test_definitions_import_no_heavy_libraries():
             "print([m for m in ('torch', 'transformers', 'sae_lens') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_plots_are_drawn_from_the_views_they_name(built, tmp_path):
+    from matplotlib.image import imread
+
+    from smda_assets.cli import app
+    from smda_core.plots import QUERIES, pathways, policy_coefficients
+
+    cfg, wh, _, _ = built
+    drawn = sorted((wh.parent / "warehouse.files" / "plots").glob("*.png"))  # the `plots` asset ran with the rest
+    assert {p.stem for p in drawn} == set(QUERIES)
+    for png in drawn:
+        image = imread(png)
+        assert image.ndim == 3 and image.shape[0] > 200 and image.std() > 0.01, png  # a picture, not a blank
+
+    policy = query(wh, "SELECT feature_id, coef, label FROM smda.v_policy").to_pandas()
+    bars = policy_coefficients(policy, top=5).axes[0].patches
+    largest = sorted(policy["coef"], key=abs, reverse=True)[:5]
+    np.testing.assert_allclose(sorted(b.get_width() for b in bars), sorted(largest))
+
+    attribution = query(wh, QUERIES["pathways"][0]).to_pandas()
+    via_x, via_y, via_xy = pathways(attribution, top=4).axes[0].containers
+    top = sorted(attribution.to_dict("records"), key=lambda r: abs(r["delta_beta"]), reverse=True)[:4]
+    for container, part in ((via_x, "via_x"), (via_y, "via_y"), (via_xy, "via_xy")):
+        np.testing.assert_allclose(sorted(b.get_width() for b in container), sorted(r[part] for r in top))
+
+    res = CliRunner().invoke(app, ["plot", "--config", str(cfg), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert {p.stem for p in tmp_path.glob("*.png")} == set(QUERIES)
+
+
+def test_two_warehouses_in_one_folder_keep_their_own_artefacts_and_batches(tmp_path):
+    """The demo's warehouse and a real model's sit side by side in warehouse/: one must not read the other's policy."""
+    from smda_assets.resources import SMDAResource
+
+    demo, real = (SMDAResource(warehouse_path=str(tmp_path / name)) for name in ("warehouse.duckdb", "smollm2.duckdb"))
+    demo.save("policy", {"model": "demo"})
+    real.save("policy", {"model": "smollm2"})
+    assert demo.load("policy") == {"model": "demo"} and real.load("policy") == {"model": "smollm2"}
+    assert demo.stage.folder("batch-0000") != real.stage.folder("batch-0000")

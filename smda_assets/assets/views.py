@@ -37,3 +37,14 @@ def dataset_metadata(context: dg.AssetExecutionContext, smda: SMDAResource) -> d
     return dg.MaterializeResult(metadata={"tables": ", ".join(m.table for m in loads) or "-",
                                           "views": ", ".join(m.view for m in loads) or "-",
                                           "matched": sum(m.matched for m in loads)})
+
+
+@dg.asset(group_name="warehouse", deps=["views"], automation_condition=dg.AutomationCondition.eager(),
+          description="PNG figures of the views (policy coefficients, refusal per category, ΔX/ΔY pathways, "
+                      "interference) in <warehouse stem>.files/plots/ beside the DuckDB file")
+def plots(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
+    from smda_core.plots import write_plots
+
+    written = write_plots(smda.warehouse, smda.files / "plots")
+    context.log.info(f"{len(written)} figures in {smda.files / 'plots'}")
+    return dg.MaterializeResult(metadata={name: dg.MetadataValue.path(str(path)) for name, path in written.items()})
