@@ -52,6 +52,10 @@ def demo(warehouse: WarehouseOpt = None) -> None:
     for title, sql in EXAMPLE_QUERIES.items():
         console.print(f"[bold]{title}[/]\n[dim]{sql}[/]")
         print_rows(query(path, sql))
+    from smda_assets.resources import SMDAResource
+
+    console.print(f"figures (policy, categories, pathways, interference): "
+                  f"{SMDAResource(warehouse_path=str(path)).files / 'plots'}/*.png")
 
 
 def _materialize(config: str | None, warehouse: str | None) -> None:
