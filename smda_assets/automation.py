@@ -71,15 +71,15 @@ def retirable(registered: Iterable[str], warehouse: Path, current: Iterable[str]
 
 def superseded_batches(warehouse: Path) -> set[str]:
     """Batch ids the loader marked superseded (none before the warehouse has its batch registry)."""
-    from smda_core.warehouse import query
+    from smda_core.warehouse import session
 
     if not warehouse.exists():
         return set()
-    has = query(warehouse, "SELECT count(*) AS n FROM duckdb_tables() WHERE schema_name = 'smda' AND table_name = 'sft_batches'")
-    if not has["n"][0].as_py():
-        return set()
-    rows = query(warehouse, "SELECT batch_id FROM smda.sft_batches WHERE status = 'superseded'")
-    return set(rows["batch_id"].to_pylist())
+    with session(warehouse, read_only=True) as con:
+        if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'smda' "
+                           "AND table_name = 'sft_batches'").fetchall()[0][0]:
+            return set()
+        return {r[0] for r in con.execute("SELECT batch_id FROM smda.sft_batches WHERE status = 'superseded'").fetchall()}
 
 
 _watch = _watch_settings()

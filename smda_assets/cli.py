@@ -37,8 +37,6 @@ def _warehouse(config: str | None, warehouse: str | None) -> Path:
     return Path(warehouse or load_config(config).warehouse)
 
 
-
-
 @app.command()
 def demo(warehouse: WarehouseOpt = None) -> None:
     """Build the demo world if not cached, materialise every asset, show the policy and example queries."""
@@ -55,7 +53,7 @@ def demo(warehouse: WarehouseOpt = None) -> None:
     from smda_assets.resources import SMDAResource
 
     console.print(f"figures (policy, categories, pathways, interference): "
-                  f"{SMDAResource(warehouse_path=str(path)).files / 'plots'}/*.png")
+                  f"{SMDAResource(warehouse_path=str(path)).plots}/*.png")
 
 
 def _materialize(config: str | None, warehouse: str | None) -> None:
@@ -333,7 +331,7 @@ def plot(config: ConfigOpt = None, warehouse: WarehouseOpt = None,
 
     path = _warehouse(config, warehouse)
     try:
-        written = write_plots(path, out or SMDAResource(warehouse_path=str(path)).files / "plots")
+        written = write_plots(path, out or SMDAResource(warehouse_path=str(path)).plots)
     except SMDAError as exc:
         _fail(exc)
     for name, file in written.items():

@@ -22,8 +22,6 @@ def _materialize(config_path: str, warehouse_path: str) -> None:
     materialize_all(config_path, warehouse_path, instance=dg.DagsterInstance.ephemeral())
 
 
-
-
 def world_real(name: str, *, small: bool, config: str | None, warehouse: str | None) -> None:
     """Build (cached step by step) a real-model world and materialise its warehouse."""
     import yaml
@@ -56,7 +54,7 @@ def world_real(name: str, *, small: bool, config: str | None, warehouse: str | N
     Path(report["config"]).with_name("figures.json").write_text(json.dumps(fig, indent=2, default=str))
     from smda_assets.resources import SMDAResource
 
-    console.print(f"figures: {SMDAResource(warehouse_path=report['warehouse']).files / 'plots'}/*.png")
+    console.print(f"figures: {SMDAResource(warehouse_path=report['warehouse']).plots}/*.png")
 
 
 @sae_app.command("train")

@@ -72,6 +72,11 @@ class SMDAResource(dg.ConfigurableResource):
         """Numeric state passed between assets (pickled core objects), in this warehouse's own folder."""
         return self.files / "artifacts"
 
+    @property
+    def plots(self) -> Path:
+        """Where the `plots` asset and `smda plot` write the figures of this warehouse's views."""
+        return self.files / "plots"
+
     def save(self, name: str, obj: Any) -> None:
         path = self.artifacts / f"{name}.pkl"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,6 @@ def dataset_metadata(context: dg.AssetExecutionContext, smda: SMDAResource) -> d
 def plots(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
     from smda_core.plots import write_plots
 
-    written = write_plots(smda.warehouse, smda.files / "plots")
-    context.log.info(f"{len(written)} figures in {smda.files / 'plots'}")
+    written = write_plots(smda.warehouse, smda.plots)
+    context.log.info(f"{len(written)} figures in {smda.plots}")
     return dg.MaterializeResult(metadata={name: dg.MetadataValue.path(str(path)) for name, path in written.items()})
