@@ -41,7 +41,7 @@ def main() -> None:
     from smda_assets.run import _run, observe_inputs, run_batches
     from smda_assets.resources import SMDAResource
     from smda_core.api import world_sources
-    from smda_core.batches import config_scan
+    from smda_core.inputs.batches import config_scan
     from smda_core.config import load_config
 
     src = world_sources(load_config(None, demo={"cache_dir": str(ROOT / ".cache" / "smda-demo")}), progress=False)

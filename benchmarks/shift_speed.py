@@ -16,8 +16,8 @@ N_PAIRS = 20
 
 def main() -> None:
     from smda_core.api import fit_policy, measure_probes, measure_shifts, read_pairs, shift_settings
-    from smda_core.chat import encode_pair
-    from smda_core.shifts import sft_loss
+    from smda_core.model.chat import encode_pair
+    from smda_core.model.shifts import sft_loss
 
     world = demo_world()
     policy = fit_policy(world, measure_probes(world, progress=False))

@@ -23,7 +23,7 @@ INPUT_KEYS = ["model_files", "sae_files", "probe_file", "readout_settings", "pol
 PROBE_KEYS = ["probes", "features", "behaviour_scores", "policy", "policy_fit", "feature_labels"]
 
 # Heavy modules are imported once in the forkserver, not once per step.
-PRELOAD = ["torch", "transformers", "sae_lens", "smda_core.api", "smda_core.shifts"]
+PRELOAD = ["torch", "transformers", "sae_lens", "smda_core.api", "smda_core.model.shifts"]
 batch_executor = dg.multiprocess_executor.configured(
     {"max_concurrent": 2, "start_method": {"forkserver": {"preload_modules": PRELOAD}}})
 
@@ -54,7 +54,7 @@ def new_batch_requests(smda: SMDAResource, instance: dg.DagsterInstance) -> tupl
     conditions any more, and its rows stay in the warehouse on record. If the old content comes
     back, its id is new again and it is re-added like any new file.
     """
-    from smda_core.batches import config_scan
+    from smda_core.inputs.batches import config_scan
 
     existing = instance.get_dynamic_partitions(sft_batches.name)
     found = config_scan(smda.config(), known=existing)
@@ -71,7 +71,7 @@ def retirable(registered: Iterable[str], warehouse: Path, current: Iterable[str]
 
 def superseded_batches(warehouse: Path) -> set[str]:
     """Batch ids the loader marked superseded (none before the warehouse has its batch registry)."""
-    from smda_core.warehouse import session
+    from smda_core.store.warehouse import session
 
     if not warehouse.exists():
         return set()

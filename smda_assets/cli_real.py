@@ -27,8 +27,8 @@ def world_real(name: str, *, small: bool, config: str | None, warehouse: str | N
     import yaml
 
     from smda_core.errors import SMDAError
-    from smda_core.real.build import build_real_world
-    from smda_core.real.figures import world_figures
+    from smda_core.worlds.real.build import build_real_world
+    from smda_core.worlds.real.figures import world_figures
 
     overrides = yaml.safe_load(Path(config).read_text()) if config else None
     try:
@@ -72,7 +72,7 @@ def sae_train(config: Annotated[str | None, typer.Option("--config", "-c", help=
 
     from smda_core.config import load_config
     from smda_core.errors import SMDAError
-    from smda_core.sae_training import train_sae_from_config
+    from smda_core.model.sae_training import train_sae_from_config
 
     given = {"corpus": corpus, "hook_layer": layer, "architecture": architecture, "d_sae": d_sae, "k": k,
              "n_tokens": tokens, "steps": steps}

@@ -13,9 +13,9 @@ def run_curate(config_path: str | None, warehouse_path: str | None, *, rule: str
     """Select the drops, retrain and evaluate every variant, store them in `smda.curation`; returns the table and comparison."""
     import numpy as np
 
-    from smda_core import curation
+    from smda_core.experiments import curation
     from smda_core.api import load_world
-    from smda_core.warehouse import query
+    from smda_core.store.warehouse import query
 
     smda = SMDAResource(config_path=config_path, warehouse_path=warehouse_path)
     cfg = smda.config()

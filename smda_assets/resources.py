@@ -42,7 +42,7 @@ class SMDAResource(dg.ConfigurableResource):
 
         Tables and views exist from the first write on, and views added by a newer version reach
         an older warehouse (views read tables only; cheap)."""
-        from smda_core.warehouse import apply_views, ensure_schema, session
+        from smda_core.store.warehouse import apply_views, ensure_schema, session
 
         with session(self.warehouse) as con:
             ensure_schema(con)
@@ -51,7 +51,7 @@ class SMDAResource(dg.ConfigurableResource):
 
     def write(self, tables: dict, *, partition: str | None = None, key: str = "batch_id") -> None:
         """Replace whole tables, or the rows of one partition (`key` = partition), each in its own transaction."""
-        from smda_core.warehouse import replace_partition, replace_table
+        from smda_core.store.warehouse import replace_partition, replace_table
 
         with self.connect() as con:
             for name, table in tables.items():
@@ -63,7 +63,7 @@ class SMDAResource(dg.ConfigurableResource):
     @property
     def stage(self):
         """Per-batch staging folder: partitions write files here; one loader moves them into DuckDB."""
-        from smda_core.staging import Stage
+        from smda_core.store.staging import Stage
 
         return Stage(self.files / "staging")
 

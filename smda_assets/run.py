@@ -136,7 +136,7 @@ def ingest(config_path: str | None = None, warehouse_path: str | None = None, in
            *, workers: int = 1, everything: bool = False, progress=None) -> IngestReport:
     """Bring the warehouse up to date with the inputs and the SFT files (everything=True: recompute all)."""
     from smda_assets.staleness import stale_report
-    from smda_core.batches import config_scan
+    from smda_core.inputs.batches import config_scan
 
     say = progress or (lambda msg: None)
     resource = SMDAResource(config_path=config_path, warehouse_path=warehouse_path)

@@ -18,11 +18,12 @@ def run_lds(config_path: str | None, warehouse_path: str | None, *, subsets: int
     import pyarrow as pa
     from tqdm.auto import tqdm
 
-    from smda_core import curation, validation
+    from smda_core.experiments import curation
+    from smda_core.experiments import lds as validation
     from smda_core.api import load_world
     from smda_core.errors import SMDAError
-    from smda_core.runtime import behaviour_from_logp, read_probes
-    from smda_core.warehouse import query
+    from smda_core.model.runtime import behaviour_from_logp, read_probes
+    from smda_core.store.warehouse import query
 
     if not 0 < fraction < 1 or subsets < 3:
         raise SMDAError("lds needs --subsets ≥ 3 and 0 < --fraction < 1")
@@ -85,7 +86,7 @@ def run_lds(config_path: str | None, warehouse_path: str | None, *, subsets: int
 def _peer(world, probes, ids, by_id, cfg):
     """dattri's TracIn on the same model and pairs (None when dattri is not installed)."""
     try:
-        from smda_core.peer import tracin_harmful_refusal
+        from smda_core.experiments.peer import tracin_harmful_refusal
         import dattri  # noqa: F401
     except ImportError:
         return None, None
@@ -102,11 +103,11 @@ def run_stability(config_path: str | None, warehouse_path: str | None, *, sae_se
 
     import pyarrow as pa
 
-    from smda_core import validation
+    from smda_core.experiments import lds as validation
     from smda_core.api import attribute, fit_policy, load_world, measure_probes, measure_shifts, read_pairs
-    from smda_core.demo.build import demo_sae_for_seed
+    from smda_core.worlds.demo.build import demo_sae_for_seed
     from smda_core.errors import SMDAError
-    from smda_core.runtime import load_sae
+    from smda_core.model.runtime import load_sae
 
     smda = SMDAResource(config_path=config_path, warehouse_path=warehouse_path)
     cfg = smda.config()

@@ -23,8 +23,9 @@ import pyarrow as pa
 from smda_core import inputs
 from smda_core.config import SMDAConfig, load_config
 from smda_core.errors import SMDAError
-from smda_core.labels import FeatureLabel, auto_labels, merge_labels
-from smda_core.policy import Policy, PolicySettings, fit_policy_arrays, render_formula
+from smda_core.policy.labels import FeatureLabel, auto_labels, merge_labels
+from smda_core.policy.fit import Policy, PolicySettings, fit_policy_arrays
+from smda_core.policy.formula import render_formula
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _resolve(config: SMDAConfig | str | Path | None) -> SMDAConfig:
 
 def _sft_sources(config: SMDAConfig, default_folder: Path | None = None) -> dict[str, Any]:
     """SFT files: the configured ones plus the watched folder's (the demo's SFT folder unless files are named)."""
-    from smda_core.batches import folder_files
+    from smda_core.inputs.batches import folder_files
 
     folder = config.watch.folder or (str(default_folder) if default_folder else None)
     files = [*(config.data.sft or ()), *(str(p) for p in folder_files(folder, config.watch.patterns))]
@@ -86,7 +87,7 @@ def _sft_sources(config: SMDAConfig, default_folder: Path | None = None) -> dict
 def world_sources(config: SMDAConfig, *, progress: bool = True) -> dict[str, Any]:
     """Paths and settings of the world: the demo's (built if not cached) or the config's."""
     if config.is_demo:
-        from smda_core.demo.build import ensure_demo_world
+        from smda_core.worlds.demo.build import ensure_demo_world
 
         paths = ensure_demo_world(config.demo, progress=progress)
         meta = json.loads(paths.world.read_text())
@@ -112,8 +113,8 @@ def world_sources(config: SMDAConfig, *, progress: bool = True) -> dict[str, Any
 
 def load_world(config: SMDAConfig | str | Path | None = None, *, progress: bool = True) -> World:
     """Load model, tokenizer and SAE, check they fit, read and encode the probes."""
-    from smda_core.chat import encode_openings, encode_prompt
-    from smda_core.runtime import check_compatible, hook_layer_from_sae, load_model, load_sae
+    from smda_core.model.chat import encode_openings, encode_prompt
+    from smda_core.model.runtime import check_compatible, hook_layer_from_sae, load_model, load_sae
 
     config = _resolve(config)
     src = world_sources(config, progress=progress)
@@ -139,7 +140,7 @@ def load_world(config: SMDAConfig | str | Path | None = None, *, progress: bool 
 
 def measure_probes(world: World, *, progress: bool = True) -> ProbeScores:
     """Features at the configured position and behaviour, from one pass; `refused` by greedy decoding if absent."""
-    from smda_core.runtime import behaviour_from_logp, greedy_refused, read_probes
+    from smda_core.model.runtime import behaviour_from_logp, greedy_refused, read_probes
 
     cfg = world.config
     openings = list(world.refusal_openings) + list(world.compliance_openings)
@@ -201,7 +202,7 @@ def read_pairs(world: World, path: str | Path | None = None) -> pa.Table:
 
 
 def shift_settings(config: SMDAConfig):
-    from smda_core.shifts import ShiftSettings
+    from smda_core.model.shifts import ShiftSettings
 
     s = config.shifts
     return ShiftSettings(optimizer=s.optimizer, lr=s.lr, steps=s.steps, weight_decay=s.weight_decay, dtype=s.dtype,
@@ -210,7 +211,7 @@ def shift_settings(config: SMDAConfig):
 
 def measure_shifts(world: World, policy: Policy, pairs: pa.Table, *, settings=None, progress: bool = True):
     """ΔX, ΔY, ΔP of every pair over every probe (DESIGN §4 "Shift")."""
-    from smda_core.shifts import ProbeSetup, measure_pair_shifts
+    from smda_core.model.shifts import ProbeSetup, measure_pair_shifts
 
     cfg = world.config
     setup = ProbeSetup(world.encoded, world.refusal_openings, world.compliance_openings, cfg.behaviour.kind,
@@ -222,7 +223,7 @@ def measure_shifts(world: World, policy: Policy, pairs: pa.Table, *, settings=No
 
 def attribute(world: World, policy: Policy, probes: ProbeScores, shifts, pairs: pa.Table | None = None):
     """Δβ by pathway under each configured method, scores and interference (DESIGN §4)."""
-    from smda_core.attribution import attribute_pairs
+    from smda_core.attribution.scores import attribute_pairs
 
     cfg = world.config
     intended = None

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import CACHE, ROOT
 from smda_core import inputs
-from smda_core.warehouse import query, row_counts
+from smda_core.store.warehouse import query, row_counts
 
 CONTRACT = {
     "v_policy": {"feature_id", "rank", "coef", "label", "mean", "std", "direction"},
@@ -148,7 +148,7 @@ def test_plots_are_drawn_from_the_views_they_name(built, tmp_path):
     from matplotlib.image import imread
 
     from smda_assets.cli import app
-    from smda_core.plots import QUERIES, pathways, policy_coefficients
+    from smda_core.report.plots import QUERIES, pathways, policy_coefficients
 
     cfg, wh, _, _ = built
     drawn = sorted((wh.parent / "warehouse.files" / "plots").glob("*.png"))  # the `plots` asset ran with the rest

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from smda_core import curation
+from smda_core.experiments import curation
 from smda_core.api import read_pairs
 from smda_core.errors import SMDAError
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import CACHE, demo_config
-from smda_core.warehouse import query
+from smda_core.store.warehouse import query
 
 PAIR_TABLES = ["sft_pairs", "pair_summary", "pair_attribution", "pair_shifts", "pair_group_effects", "pair_group_shift"]
 pytestmark = pytest.mark.slow
@@ -266,7 +266,7 @@ def test_four_batches_in_parallel_runs_equal_a_sequential_run(tmp_path, demo_row
             _write_jsonl(s.inbox / f"part{i}.jsonl", pairs[10 + 2 * i: 12 + 2 * i])
         monkeypatch.setenv("DAGSTER_HOME", str(s.home))
         observe_inputs(s.resource, s.instance)
-        from smda_core.batches import config_scan
+        from smda_core.inputs.batches import config_scan
 
         batches = sorted(config_scan(s.resource.config()).batches)
         s.instance.add_dynamic_partitions("sft_batches", batches)
@@ -351,7 +351,7 @@ def test_the_sensor_and_schedule_are_wired_from_the_config():
 
 
 def test_find_batch_reads_only_the_file_named_like_the_batch(tmp_path, demo_rows, monkeypatch):
-    from smda_core import batches
+    from smda_core.inputs import batches
     from smda_core.config import load_config
 
     _, pairs = demo_rows

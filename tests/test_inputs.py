@@ -13,16 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from smda_core.errors import InputError
-from smda_core.inputs import (
-    check_overlap,
-    content_hash,
-    probe_overlap,
-    read_feature_labels,
-    read_metadata_table,
-    read_probes,
-    read_sft_pairs,
-    write_jsonl,
-)
+from smda_core.inputs.pairs import check_overlap, probe_overlap, read_sft_pairs
+from smda_core.inputs.records import content_hash, write_jsonl
+from smda_core.inputs.feature_labels import read_feature_labels
+from smda_core.inputs.metadata import read_metadata_table
+from smda_core.inputs.probes import read_probes
 
 # --------------------------------------------------------------------------- factories
 

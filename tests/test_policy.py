@@ -9,18 +9,10 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from smda_core.errors import ConfigError, InputError
-from smda_core.policy import (
-    PolicySettings,
-    Standardiser,
-    best_threshold,
-    default_settings,
-    design_matrix,
-    fit_policy_arrays,
-    paper_settings,
-    render_formula,
-    select_features,
-    stratified_split,
-)
+from smda_core.policy.fit import PolicySettings, best_threshold, default_settings, fit_policy_arrays, paper_settings, stratified_split
+from smda_core.policy.design import Standardiser, design_matrix
+from smda_core.policy.formula import render_formula
+from smda_core.policy.selection import select_features
 
 
 def to_coo(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ def small_world(tmp_path_factory):
     import dagster as dg
 
     from smda_assets.run import materialize_all
-    from smda_core.real.build import build_real_world
+    from smda_core.worlds.real.build import build_real_world
 
     root = tmp_path_factory.mktemp("real")
 
@@ -37,7 +37,7 @@ def small_world(tmp_path_factory):
 
 
 def _greedy(model, tokenizer, prompt: str, n: int = 24) -> list[int]:
-    from smda_core.chat import encode_prompt
+    from smda_core.model.chat import encode_prompt
 
     ids = torch.tensor([encode_prompt(tokenizer, prompt).input_ids])
     with torch.no_grad():
@@ -48,8 +48,8 @@ def _greedy(model, tokenizer, prompt: str, n: int = 24) -> list[int]:
 
 def test_converted_model_answers_like_the_gguf(small_world):
     """Greedy answer of the cached fp32 folder = that of the GGUF loaded directly by transformers."""
-    from smda_core.real.gguf import load_gguf, packaged_gguf
-    from smda_core.runtime import load_model
+    from smda_core.worlds.real.gguf import load_gguf, packaged_gguf
+    from smda_core.model.runtime import load_model
 
     converted, tok = load_model(small_world["base_model"])
     direct, tok_direct = load_gguf(packaged_gguf())
@@ -61,8 +61,8 @@ def test_converted_model_answers_like_the_gguf(small_world):
 
 
 def test_refusal_openings_are_token_sequences_of_the_real_tokenizer(small_world):
-    from smda_core.chat import encode_openings, encode_pair
-    from smda_core.runtime import load_model
+    from smda_core.model.chat import encode_openings, encode_pair
+    from smda_core.model.runtime import load_model
 
     _, tok = load_model(small_world["model"])
     openings = encode_openings(tok, tuple(small_world["refusal_openings"]))
@@ -82,7 +82,7 @@ def test_small_sae_is_sane(small_world):
 
 
 def test_contract_views_have_rows(small_world):
-    from smda_core.warehouse import query
+    from smda_core.store.warehouse import query
 
     for view in CONTRACT_VIEWS:
         n = query(small_world["warehouse"], f"SELECT count(*) AS n FROM smda.{view}").to_pylist()[0]["n"]
@@ -93,7 +93,7 @@ def test_contract_views_have_rows(small_world):
 
 def test_rebuild_reuses_every_step(small_world, tmp_path):
     """A second build with the same inputs trains nothing and does not re-materialise."""
-    from smda_core.real.build import build_real_world
+    from smda_core.worlds.real.build import build_real_world
 
     called = []
     again = build_real_world("smollm2", small=True, cache_dir=small_world["base_model"].rsplit("/", 1)[0],

@@ -8,7 +8,7 @@ from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.metrics import r2_score
 
 from smda_core.errors import InputError
-from smda_core.ridge import default_lambda_grid, fit_ridge, loo_ridge, r2
+from smda_core.policy.ridge import default_lambda_grid, fit_ridge, loo_ridge, r2
 
 SHAPES = [(60, 7), (12, 25)]  # n > k and n < k
 

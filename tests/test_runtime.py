@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from smda_core.chat import encode_openings, encode_prompt
+from smda_core.model.chat import encode_openings, encode_prompt
 from smda_core.errors import InputError, ModelMismatchError
-from smda_core.runtime import behaviour_from_logp, check_compatible, read_probes
+from smda_core.model.runtime import behaviour_from_logp, check_compatible, read_probes
 
 POSITIONS = ["end_of_turn", "last", "mean", "max"]
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from smda_core.api import attribute, measure_shifts, read_pairs
-from smda_core.attribution import delta_beta_linear, delta_beta_refit
+from smda_core.attribution.pathways import delta_beta_linear, delta_beta_refit
 from smda_core.errors import SMDAError
-from smda_core.shifts import ProbeSetup, ShiftSettings, measure_pair_shifts
+from smda_core.model.shifts import ProbeSetup, ShiftSettings, measure_pair_shifts
 
 
 def _setup(world, n_probes=None):

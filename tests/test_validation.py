@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from smda_core import validation
+from smda_core.experiments import lds as validation
+from smda_core.attribution.separation import spearman
 
 
 def test_spearman_equals_scipy_with_ties():
     rng = np.random.default_rng(0)
     a = rng.integers(0, 5, 30).astype(float)
     b = a + rng.normal(size=30)
-    assert validation.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
 
 
 def test_lds_is_one_when_attributions_equal_the_measured_effects():
@@ -41,7 +42,7 @@ def test_matched_cosines_find_permuted_and_rescaled_directions():
 def test_sae_training_is_bit_identical_for_a_seed():
     import torch
 
-    from smda_core.sae_training import train_topk_sae
+    from smda_core.model.sae_training import train_topk_sae
 
     acts = torch.randn(2000, 16, generator=torch.Generator().manual_seed(0))
     kw = dict(d_sae=32, k=4, hook_name="blocks.0.hook_resid_post", model_name="t", steps=50, batch_size=128, progress=False)
@@ -58,7 +59,7 @@ def test_stability_across_sae_seeds_stores_figures_equal_to_an_independent_compu
 
     from conftest import CACHE
     from smda_assets.validate import run_stability
-    from smda_core.warehouse import query
+    from smda_core.store.warehouse import query
 
     cfg = tmp_path / "smda.yaml"
     cfg.write_text(yaml.safe_dump({"demo": {"cache_dir": CACHE}, "warehouse": str(tmp_path / "warehouse.duckdb")}))

@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from smda_core import warehouse as wh
+from smda_core.store import warehouse as wh
 from smda_core.errors import SMDAError
 
 CONTRACT = {  # DESIGN §6 key columns, and the brief's extras

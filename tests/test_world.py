@@ -7,7 +7,7 @@ import pytest
 from sklearn.linear_model import Ridge, RidgeCV
 
 from conftest import demo_config
-from smda_core.demo import recipe
+from smda_core.worlds.demo import recipe
 
 
 def _world_checks(world, probes, policy, planted: str) -> None:
@@ -57,7 +57,7 @@ def test_policy_on_demo_features_equals_sklearn(probe_scores, policy):
     np.testing.assert_allclose(policy.coef, cv.coef_, rtol=1e-6, atol=1e-10)
     assert policy.intercept == pytest.approx(cv.intercept_, rel=1e-6)
     # and the paper's setting: raw design, no intercept, λ = 5
-    from smda_core.policy import fit_policy_arrays, paper_settings
+    from smda_core.policy.fit import fit_policy_arrays, paper_settings
 
     paper = fit_policy_arrays(probe_scores.coo_probe, probe_scores.coo_feature, probe_scores.coo_value,
                               len(probe_scores.probe_ids), harmful=probe_scores.harmful, y=y,

@@ -23,7 +23,7 @@ DESCRIPTIONS = {
 
 def _input_asset(name: str) -> dg.SourceAsset:
     def _observe(smda: SMDAResource) -> dg.DataVersion:
-        from smda_core.versions import input_versions
+        from smda_core.store.versions import input_versions
 
         return dg.DataVersion(input_versions(smda.config())[name])
 

@@ -20,7 +20,7 @@ PAIR_TABLES = ["pair_attribution", "pair_summary", "pair_group_effects", "pair_g
 def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
     from smda_core import inputs
     from smda_core.api import world_sources
-    from smda_core.batches import find_batch
+    from smda_core.inputs.batches import find_batch
 
     cfg = smda.config()
     batch = context.partition_key
@@ -67,7 +67,7 @@ def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mat
 )
 def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
     from smda_core.api import attribute, load_world
-    from smda_core.tables import pair_tables
+    from smda_core.store.tables import pair_tables
 
     cfg = smda.config()
     batch = context.partition_key
@@ -99,7 +99,7 @@ def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResourc
           description="The one writer of SFT batches: loads each completed batch's staged tables into DuckDB "
                       "(only batches whose files changed), and marks batches replaced by a file's new content superseded")
 def loaded_batches(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
-    from smda_core.staging import load_batches
+    from smda_core.store.staging import load_batches
 
     keys = context.instance.get_dynamic_partitions(sft_batches.name)
     with smda.connect() as con:

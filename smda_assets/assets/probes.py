@@ -24,8 +24,8 @@ READOUT_INPUTS = ["model_files", "sae_files", "probe_file", "readout_settings"]
 def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     """Load model + SAE, read every probe once: features at the configured position and behaviour."""
     from smda_core.api import load_world, measure_probes
-    from smda_core.tables import probe_tables
-    from smda_core.versions import input_versions, readout_version
+    from smda_core.store.tables import probe_tables
+    from smda_core.store.versions import input_versions, readout_version
 
     version = dg.DataVersion(readout_version(input_versions(smda.config())))
     world = load_world(smda.config())
@@ -53,8 +53,8 @@ def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
 def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
     """Fit the policy on the stored probe readout, label its features, render the formula."""
     from smda_core.api import feature_labels, fit_policy, formula, load_world
-    from smda_core.tables import policy_tables
-    from smda_core.versions import input_versions, policy_version
+    from smda_core.store.tables import policy_tables
+    from smda_core.store.versions import input_versions, policy_version
 
     cfg = smda.config()
     version = dg.DataVersion(policy_version(input_versions(cfg)))
@@ -86,7 +86,7 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
 
 @dg.asset_check(asset="features", description="No NaN or infinite activation was stored")
 def features_are_finite(smda: SMDAResource) -> dg.AssetCheckResult:
-    from smda_core.warehouse import session
+    from smda_core.store.warehouse import session
 
     with session(smda.warehouse, read_only=True) as con:
         bad = con.execute("SELECT count(*) FROM smda.features WHERE NOT isfinite(activation)").fetchone()[0]

@@ -14,7 +14,7 @@ SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
           automation_condition=dg.AutomationCondition.eager(),
           description="Creates or replaces every smda.v_* view from sql/*.sql")
 def views(smda: SMDAResource) -> dg.MaterializeResult:
-    from smda_core.warehouse import apply_views
+    from smda_core.store.warehouse import apply_views
 
     with smda.connect() as con:
         apply_views(con, SQL_DIR)
@@ -27,7 +27,7 @@ def views(smda: SMDAResource) -> dg.MaterializeResult:
           description="Users' dataset tables from the config (data.metadata), each joined to v_pair_summary "
                       "as smda.v_pair_summary_<name> by pair_id or content hash")
 def dataset_metadata(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
-    from smda_core.metadata import load_metadata
+    from smda_core.store.metadata import load_metadata
 
     loads = []
     with smda.connect() as con:
@@ -43,7 +43,7 @@ def dataset_metadata(context: dg.AssetExecutionContext, smda: SMDAResource) -> d
           description="PNG figures of the views (policy coefficients, refusal per category, ΔX/ΔY pathways, "
                       "interference) in <warehouse stem>.files/plots/ beside the DuckDB file")
 def plots(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
-    from smda_core.plots import write_plots
+    from smda_core.report.plots import write_plots
 
     written = write_plots(smda.warehouse, smda.plots)
     context.log.info(f"{len(written)} figures in {smda.plots}")

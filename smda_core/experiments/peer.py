@@ -1,0 +1,68 @@
+"""A peer on the same work: dattri's TracIn score of each pair on the mean harmful refusal log-probability.
+
+For one SGD step of size lr, TracIn's lr·∇L(pair)·∇(−log P(refusal | probe)) is the first-order
+change of the probe's refusal log-probability, so the peer predicts what SMDA measures as
+`dy_harmful`. Optional: needs `pip install dattri` (the test extra has it).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from smda_core.model.chat import EncodedPrompt, encode_pair
+
+
+def tracin_harmful_refusal(model, tokenizer, pairs: Sequence[tuple[str, str]], harmful_probes: Sequence[EncodedPrompt],
+                           refusal_openings: Sequence[tuple[int, ...]], *, lr: float = 1e-4) -> tuple[np.ndarray, float]:
+    """(m,) TracIn influence of each pair on the mean refusal log-prob of the harmful probes, and seconds per pair."""
+    from dattri.algorithm.tracin import TracInAttributor
+    from dattri.task import AttributionTask
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = copy.deepcopy(model).float().eval()  # the caller's model stays as it is
+    pad = tokenizer.pad_token_id
+    enc = [encode_pair(tokenizer, p, r, name="peer pair") for p, r in pairs]
+    width = max(len(ids) for ids, _ in enc)
+    train_ids = torch.full((len(enc), width), pad)
+    train_labels = torch.full((len(enc), width), -100)
+    for i, (ids, n_prompt) in enumerate(enc):
+        train_ids[i, : len(ids)] = torch.tensor(ids)
+        train_labels[i, n_prompt: len(ids)] = torch.tensor(ids[n_prompt:])
+    span = max(len(o) for o in refusal_openings)
+    branch = list(refusal_openings[0][:-1])
+    if any(tuple(o[:-1]) != tuple(branch) for o in refusal_openings):
+        raise ValueError("the peer scores openings that share their prefix (one teacher-forcing branch)")
+    test_width = max(len(p.input_ids) for p in harmful_probes) + span - 1
+    test_ids = torch.full((1, len(harmful_probes), test_width), pad)  # one test item: the mean over harmful probes
+    last = torch.zeros((1, len(harmful_probes)), dtype=torch.long)
+    for i, p in enumerate(harmful_probes):
+        seq = list(p.input_ids) + branch
+        test_ids[0, i, : len(seq)] = torch.tensor(seq)
+        last[0, i] = len(p.input_ids) - 1
+    openings = torch.tensor([list(o) for o in refusal_openings])  # (R, span)
+    steps = torch.arange(span)
+
+    def loss_func(params, data):
+        ids, labels = data
+        logits = torch.func.functional_call(model, params, (ids.unsqueeze(0),)).logits[0]
+        return torch.nn.functional.cross_entropy(logits[:-1], labels[1:], ignore_index=-100)
+
+    def target_func(params, data):
+        ids, at = data  # (n_harmful, T), (n_harmful,)
+        lp = torch.log_softmax(torch.func.functional_call(model, params, (ids,)).logits, -1)  # (n, T, V)
+        rows = torch.gather(lp, 1, (at[:, None] + steps[None, :])[..., None].expand(-1, -1, lp.shape[-1]))  # (n, span, V)
+        per_opening = torch.stack([rows[:, steps, o].sum(-1) for o in openings], dim=1)  # (n, R)
+        return -torch.logsumexp(per_opening, 1).mean()
+
+    task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict(), target_func=target_func)
+    attributor = TracInAttributor(task=task, weight_list=torch.tensor([lr]), normalized_grad=False)
+    t0 = time.perf_counter()
+    scores = attributor.attribute(DataLoader(TensorDataset(train_ids, train_labels), batch_size=32),
+                                  DataLoader(TensorDataset(test_ids, last), batch_size=1))
+    seconds = (time.perf_counter() - t0) / len(pairs)
+    return scores.mean(dim=1).double().numpy(), seconds

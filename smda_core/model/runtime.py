@@ -1,0 +1,286 @@
+"""Run a Hugging Face causal LM with a sae-lens SAE: features and behaviour from one forward pass.
+
+The only module (with the demo builder and the SAE trainer) that touches transformers and
+sae-lens. A probe goes in as an `EncodedPrompt`; out come its SAE features at the
+configured position and the log-probability of every refusal opening by teacher forcing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from smda_core.model.chat import EncodedPrompt
+from smda_core.errors import ModelMismatchError, SMDAError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` → CUDA when available; `cuda` without a GPU is an error rather than a silent CPU run."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SMDAError("device 'cuda' was asked for but no CUDA device is available")
+    return torch.device(device)
+
+
+def load_model(path: str, *, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
+    """Model and tokenizer from a local directory or a Hub id, through the Auto classes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise SMDAError(f"model '{path}': cannot load ({exc})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(resolve_device(device)).eval()
+    return model, tokenizer
+
+
+def load_sae(*, path: str | None = None, release: str | None = None, sae_id: str | None = None,
+             dtype: str = "float32", device: str = "cpu"):
+    """A sae-lens SAE from a local directory (`save_model` layout) or a pretrained release."""
+    from sae_lens import SAE
+
+    dev = str(resolve_device(device))
+    if path is not None:
+        if not (Path(path) / "cfg.json").exists():
+            raise SMDAError(f"SAE directory '{path}' has no cfg.json (expected sae-lens save_model layout)")
+        sae = SAE.load_from_disk(path, device=dev, dtype=dtype)
+    elif release is not None and sae_id is not None:
+        sae = SAE.from_pretrained(release, sae_id, device=dev, dtype=dtype)
+    else:
+        raise SMDAError("sae: give either `path` or both `release` and `sae_id`")
+    return sae.eval()
+
+
+def decoder_layers(model) -> Sequence[torch.nn.Module]:
+    """The list of transformer blocks, for the architectures we know how to hook."""
+    for attr in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        obj = model
+        try:
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    raise ModelMismatchError(f"{type(model).__name__}: cannot find its decoder blocks to hook")
+
+
+def hook_layer_from_sae(sae) -> int | None:
+    """Block index from the SAE's hook name (`blocks.L.hook_resid_post`), when it says."""
+    name = getattr(getattr(sae.cfg, "metadata", None), "hook_name", None) or ""
+    parts = name.split(".")
+    if len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] == "hook_resid_post":
+        return int(parts[1])
+    return None
+
+
+def check_compatible(model, sae, layer: int) -> None:
+    """Clear errors for the classic mismatches: hidden size vs d_in, layer out of range."""
+    n_layers = len(decoder_layers(model))
+    if not 0 <= layer < n_layers:
+        raise ModelMismatchError(f"model.hook_layer={layer} is out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
+    hidden = model.config.hidden_size
+    if int(sae.cfg.d_in) != int(hidden):
+        raise ModelMismatchError(f"SAE d_in={sae.cfg.d_in} does not match the model's hidden size {hidden}: wrong SAE for this model or layer")
+
+
+@contextmanager
+def capture_residual(model, layer: int):
+    """Record the output of block `layer` (= blocks.L.hook_resid_post; hidden_states[L+1])."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _inputs, output):
+        store["h"] = output[0] if isinstance(output, tuple) else output
+
+    handle = decoder_layers(model)[layer].register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+@dataclass
+class Readout:
+    """What one pass over the probes yields.
+
+    Shapes: `logp_openings` (n, n_openings) log P(opening | prompt) for every opening given;
+    `features` either sparse COO over all SAE features or dense (n, k) for chosen features;
+    `hidden` (n, d) residual at the read position (pooled for mean) when asked.
+    """
+
+    logp_openings: np.ndarray
+    coo_probe: np.ndarray | None = None
+    coo_feature: np.ndarray | None = None
+    coo_value: np.ndarray | None = None
+    dense: np.ndarray | None = None
+    hidden_tokens: list[torch.Tensor] = field(default_factory=list)
+
+
+def _branches(openings: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Shortest set of continuations that, appended to a prompt, teacher-force every opening.
+
+    An opening r needs r[:-1] after the prompt; a branch that extends another covers it.
+    Openings sharing their first tokens (the demo's 'i cannot', 'i refuse') need one branch.
+    """
+    prefixes = sorted({tuple(o[:-1]) for o in openings}, key=len, reverse=True)
+    kept: list[tuple[int, ...]] = []
+    for p in prefixes:
+        if not any(k[: len(p)] == p for k in kept):
+            kept.append(p)
+    return kept
+
+
+def pool_features(acts: torch.Tensor, position: str) -> torch.Tensor:
+    """Pool SAE activations (t, K) of the read tokens into one vector: mean, max, or the single token."""
+    if position == "max":
+        return acts.max(0).values
+    return acts.mean(0)
+
+
+@torch.no_grad()
+def read_probes(model, sae, layer: int, prompts: Sequence[EncodedPrompt], openings: Sequence[tuple[int, ...]], *,
+                position: str = "end_of_turn", batch_size: int = 64, pad_id: int = 0, padding_side: str = "right",
+                feature_ids: np.ndarray | None = None, keep_hidden: bool = False, progress: bool = True,
+                desc: str = "features+behaviour") -> Readout:
+    """One forward pass per batch gives, for every probe, its SAE features and log P(opening).
+
+    Each probe is extended by the openings' shared prefixes (`_branches`): with a causal
+    model the prompt's positions are unchanged by what follows, so features are read from
+    the first branch and every opening is scored by teacher forcing in the same pass.
+    """
+    branches = _branches(openings)
+    covers = np.array([[br[: len(o) - 1] == tuple(o[:-1]) for o in openings] for br in branches], dtype=bool)
+    span = max(len(o) for o in openings)
+    device = next(model.parameters()).device
+    sae_dtype = sae.W_enc.dtype
+    n = len(prompts)
+    logp = np.zeros((n, len(openings)), dtype=np.float64)
+    coo_p, coo_f, coo_v = [], [], []
+    dense = np.zeros((n, len(feature_ids))) if feature_ids is not None else None
+    hidden: list = [None] * n if keep_hidden else []
+    order = sorted(range(n), key=lambda i: len(prompts[i].input_ids))  # similar lengths share a batch: less padding
+    rows = [(i, b) for i in order for b in range(len(branches))]
+    per_batch = max(1, batch_size)
+    bar = tqdm(total=n, desc=desc, disable=not progress, mininterval=1.0, leave=False)
+    for start in range(0, len(rows), per_batch * len(branches)):
+        chunk = rows[start: start + per_batch * len(branches)]
+        seqs = [list(prompts[i].input_ids) + list(branches[b]) for i, b in chunk]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        offsets = []
+        for r, s in enumerate(seqs):
+            off = width - len(s) if padding_side == "left" else 0
+            ids[r, off: off + len(s)] = torch.tensor(s)
+            mask[r, off: off + len(s)] = 1
+            offsets.append(off)
+        position_ids = (mask.cumsum(1) - 1).clamp_min(0)
+        with capture_residual(model, layer) as store:
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device))
+        logits = out.logits
+        resid = store["h"]
+        # Teacher forcing, vectorised: log-softmax at the last prompt token and the branch tokens.
+        lasts = torch.tensor([offsets[r] + len(prompts[i].input_ids) - 1 for r, (i, _) in enumerate(chunk)])
+        pos = (lasts[:, None] + torch.arange(span)[None, :]).clamp(max=width - 1).to(logits.device)
+        lp = torch.log_softmax(logits[torch.arange(len(chunk), device=logits.device)[:, None], pos].double(), dim=-1)
+        probe_idx = np.array([i for i, _ in chunk])
+        branch_idx = np.array([b for _, b in chunk])
+        for j, o in enumerate(openings):
+            score = lp[:, torch.arange(len(o)), torch.tensor(o)].sum(-1).cpu().numpy()
+            use = covers[branch_idx, j]
+            logp[probe_idx[use], j] = score[use]
+        first_branch = [(r, i, offsets[r]) for r, (i, b) in enumerate(chunk) if b == 0]
+        if position in ("end_of_turn", "last"):
+            rs = torch.tensor([r for r, _, _ in first_branch])
+            cols = torch.tensor([off + prompts[i].read_positions(position)[0] for _, i, off in first_branch])
+            h = resid[rs.to(resid.device), cols.to(resid.device)].to(sae_dtype)
+            pooled = sae.encode(h)
+            if keep_hidden:
+                for (_, i, _), hi in zip(first_branch, h.detach().cpu()):
+                    hidden[i] = hi[None, :]
+        else:
+            pooled_rows = []
+            for r, i, off in first_branch:
+                h = resid[r, [off + q for q in prompts[i].read_positions(position)]].to(sae_dtype)
+                if keep_hidden:
+                    hidden[i] = h.detach().cpu()
+                pooled_rows.append(pool_features(sae.encode(h), position))
+            pooled = torch.stack(pooled_rows)
+        idx = [i for _, i, _ in first_branch]
+        if feature_ids is not None:
+            dense[idx] = pooled[:, torch.as_tensor(np.array(feature_ids), device=pooled.device)].double().cpu().numpy()
+        else:
+            nzr, nzc = torch.nonzero(pooled, as_tuple=True)
+            coo_p.append(np.asarray(idx, dtype=np.int64)[nzr.cpu().numpy()])
+            coo_f.append(nzc.cpu().numpy().astype(np.int64))
+            coo_v.append(pooled[nzr, nzc].double().cpu().numpy())
+        bar.update(len(first_branch))
+    bar.close()
+    readout = Readout(logp_openings=logp, hidden_tokens=hidden, dense=dense)
+    if feature_ids is None:
+        readout.coo_probe = np.concatenate(coo_p) if coo_p else np.zeros(0, np.int64)
+        readout.coo_feature = np.concatenate(coo_f) if coo_f else np.zeros(0, np.int64)
+        readout.coo_value = np.concatenate(coo_v) if coo_v else np.zeros(0)
+        order_nz = np.lexsort((readout.coo_feature, readout.coo_probe))  # stored sorted by (probe, feature)
+        readout.coo_probe, readout.coo_feature, readout.coo_value = (
+            readout.coo_probe[order_nz], readout.coo_feature[order_nz], readout.coo_value[order_nz])
+    return readout
+
+
+def behaviour_from_logp(logp_refusal: np.ndarray, kind: str, logp_compliance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """y per DESIGN §2 and the soft refusal score `refusal_prob` = Σ_r P(r | prompt).
+
+    `logp_refusal` (n, R): log-probabilities of R same-length refusal openings (disjoint events).
+    """
+    log_refusal = np.logaddexp.reduce(logp_refusal, axis=1)
+    prob = np.exp(log_refusal)
+    if kind == "log_refusal":
+        y = log_refusal
+    elif kind == "refusal_prob":
+        y = prob
+    elif kind == "log_odds":
+        y = log_refusal - np.log1p(-np.minimum(prob, 1 - 1e-12))
+    elif kind == "contrast":
+        if logp_compliance is None:
+            raise SMDAError("behaviour.kind=contrast needs behaviour.compliance_openings")
+        y = log_refusal - np.logaddexp.reduce(logp_compliance, axis=1)
+    else:
+        raise SMDAError(f"behaviour.kind '{kind}' is unknown")
+    return y, prob
+
+
+@torch.no_grad()
+def greedy_refused(model, prompts: Sequence[EncodedPrompt], refusal_openings: Sequence[tuple[int, ...]], *,
+                   n_tokens: int = 4, batch_size: int = 64, pad_id: int = 0, progress: bool = True) -> np.ndarray:
+    """`refused` labels: does the greedy answer start with a refusal opening? (no external judge)."""
+    device = next(model.parameters()).device
+    out = np.zeros(len(prompts), dtype=bool)
+    n_tokens = max(n_tokens, max(len(o) for o in refusal_openings))
+    for start in tqdm(range(0, len(prompts), batch_size), desc="greedy labels", disable=not progress, leave=False):
+        batch = prompts[start: start + batch_size]
+        width = max(len(p.input_ids) for p in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, p in enumerate(batch):  # left padding for generation
+            ids[r, width - len(p.input_ids):] = torch.tensor(p.input_ids)
+            mask[r, width - len(p.input_ids):] = 1
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=n_tokens,
+                             do_sample=False, pad_token_id=pad_id)
+        new = gen[:, width:].cpu().tolist()
+        for r, toks in enumerate(new):
+            out[start + r] = any(tuple(toks[: len(o)]) == tuple(o) for o in refusal_openings)
+    return out

@@ -1,0 +1,237 @@
+"""How one SFT pair moves the model: a few optimiser steps on that pair alone, re-measure, restore.
+
+For each pair i: θ_i = θ after `steps` optimiser steps on the SFT loss of the pair
+(response tokens only); ΔX_i = X(θ_i) − X(θ) on the policy features of every probe (exact:
+re-encode; linearised: the SAE's gate at θ times Δh·W_enc), ΔY_i = y(θ_i) − y(θ); then the
+weights are restored bit for bit, also when a step fails (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from smda_core.model.chat import EncodedPrompt, encode_pair
+from smda_core.errors import SMDAError
+from smda_core.model.runtime import Readout, behaviour_from_logp, read_probes
+
+log = logging.getLogger(__name__)
+
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class ShiftSettings:
+    """The optimiser of one pair's update and how ΔX is measured."""
+
+    optimizer: str = "sgd"  # 'sgd' (plain, no momentum, no clipping) or 'adamw'
+    lr: float = 1e-4
+    steps: int = 1
+    weight_decay: float = 0.0
+    dtype: str = "float64"
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class ProbeSetup:
+    """What a shift measurement needs to know about the probes and the behaviour."""
+
+    prompts: Sequence[EncodedPrompt]
+    refusal_openings: Sequence[tuple[int, ...]]
+    compliance_openings: Sequence[tuple[int, ...]]
+    behaviour: str
+    position: str
+    hook_layer: int
+    pad_id: int
+
+
+@dataclass
+class PairShifts:
+    """Measured shifts of m pairs over n probes and k policy features (float64 arrays).
+
+    dX_exact / dX_linearised: (m, n, k) raw SAE activation change; dY, dP: (m, n) change of
+    the behaviour and of refusal_prob; X_base (n, k); active_flips (m,) from the exact
+    re-encoding; prompt_X (m, k) activations on each pair's own prompt; seconds (m,).
+    """
+
+    pair_ids: list[str]
+    feature_ids: np.ndarray
+    X_base: np.ndarray
+    y_base: np.ndarray
+    p_base: np.ndarray
+    dX_exact: np.ndarray
+    dX_linearised: np.ndarray
+    dY: np.ndarray
+    dP: np.ndarray
+    active_flips: np.ndarray
+    prompt_X: np.ndarray
+    seconds: np.ndarray
+    settings: ShiftSettings
+
+    def dX(self, mode: str) -> np.ndarray:
+        if mode == "exact":
+            return self.dX_exact
+        if mode == "linearised":
+            return self.dX_linearised
+        raise SMDAError(f"shifts.delta_x '{mode}' is unknown: use 'exact' or 'linearised'")
+
+
+def _measurement_copies(model, sae, dtype: str):
+    """Work on the model itself when its dtype is the measurement dtype, else on a converted copy."""
+    tdtype = _TORCH_DTYPES[dtype]
+    if next(model.parameters()).dtype == tdtype:
+        m = model
+    else:
+        m = copy.deepcopy(model).to(tdtype)
+    s = copy.deepcopy(sae).to(dtype=tdtype)
+    return m, s
+
+
+def _read(model, sae, setup: ProbeSetup, feature_ids: np.ndarray, batch_size: int) -> tuple[Readout, np.ndarray, np.ndarray]:
+    openings = list(setup.refusal_openings) + list(setup.compliance_openings)
+    r = read_probes(model, sae, setup.hook_layer, setup.prompts, openings, position=setup.position, batch_size=batch_size,
+                    pad_id=setup.pad_id, feature_ids=feature_ids, keep_hidden=True, progress=False)
+    n_ref = len(setup.refusal_openings)
+    y, p = behaviour_from_logp(r.logp_openings[:, :n_ref], setup.behaviour,
+                               r.logp_openings[:, n_ref:] if setup.compliance_openings else None)
+    return r, y, p
+
+
+def linearised_dx(sae, feature_ids: np.ndarray, hidden_base: list[torch.Tensor], hidden_new: list[torch.Tensor], position: str) -> np.ndarray:
+    """The paper's ΔX ≈ 1[active at θ] ⊙ (Δh W_enc), pooled like the features (mean / max token).
+
+    The gate is the SAE's own: a feature counts as open where its activation at θ is > 0
+    (ReLU, TopK and JumpReLU alike), so the linearisation never flips a feature.
+    """
+    cols = torch.as_tensor(np.array(feature_ids))
+    W = sae.W_enc[:, cols]
+    if position in ("end_of_turn", "last"):  # one token per probe: all probes in one product
+        h0 = torch.cat(hidden_base).to(W.dtype)
+        h1 = torch.cat(hidden_new).to(W.dtype)
+        return (((h1 - h0) @ W) * (sae.encode(h0)[:, cols] > 0)).double().numpy()
+    rows = []
+    for h0, h1 in zip(hidden_base, hidden_new):
+        h0 = h0.to(W.dtype)
+        h1 = h1.to(W.dtype)
+        acts0 = sae.encode(h0)[:, cols]
+        d = ((h1 - h0) @ W) * (acts0 > 0)
+        if position == "max":
+            arg = acts0.argmax(0)
+            d = d[arg, torch.arange(len(cols))]
+        else:
+            d = d.mean(0)
+        rows.append(d.double().numpy())
+    return np.stack(rows)
+
+
+def sft_loss(model, ids: list[int], n_prompt: int) -> torch.Tensor:
+    """Mean next-token cross-entropy over the response tokens, in the model's own dtype.
+
+    (transformers' built-in loss upcasts logits to float32, which would cap a float64
+    measurement at float32 precision.)
+    """
+    input_ids = torch.tensor([ids], device=next(model.parameters()).device)
+    logits = model(input_ids=input_ids).logits[0]
+    return torch.nn.functional.cross_entropy(logits[n_prompt - 1: len(ids) - 1], input_ids[0, n_prompt:])
+
+
+def _optimizer(params, s: ShiftSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=s.lr, momentum=0.0, weight_decay=s.weight_decay)
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    raise SMDAError(f"shifts.optimizer '{s.optimizer}' is unknown: use 'sgd' or 'adamw'")
+
+
+def apply_pair_update(model, ids: list[int], n_prompt: int, settings: ShiftSettings) -> float:
+    """`settings.steps` optimiser steps on one pair's SFT loss; returns the last loss."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _optimizer(params, settings)
+    loss_val = float("nan")
+    for _ in range(settings.steps):
+        opt.zero_grad(set_to_none=True)
+        loss = sft_loss(model, ids, n_prompt)
+        if not torch.isfinite(loss):
+            raise SMDAError(f"non-finite SFT loss {float(loss.detach())}")
+        loss.backward()
+        opt.step()
+        loss_val = float(loss.detach())
+    opt.zero_grad(set_to_none=True)
+    return loss_val
+
+
+class restored_weights:
+    """Context manager: whatever happens inside, parameters and buffers come back bit for bit."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.saved = {k: v.detach().clone() for k, v in self.model.state_dict(keep_vars=True).items()}
+        return self
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for k, v in self.model.state_dict(keep_vars=True).items():
+                v.copy_(self.saved[k])
+        for p in self.model.parameters():
+            p.grad = None
+        return False
+
+
+def measure_pair_shifts(model, tokenizer, sae, setup: ProbeSetup, feature_ids: np.ndarray,
+                        pairs: Sequence[tuple[str, str, str]], settings: ShiftSettings = ShiftSettings(), *,
+                        progress: bool = True) -> PairShifts:
+    """Measure ΔX (exact and linearised), ΔY and ΔP of every pair (pair_id, prompt, response)."""
+    feature_ids = np.asarray(feature_ids, dtype=np.int64)
+    m_model, m_sae = _measurement_copies(model, sae, settings.dtype)
+    was_training = m_model.training
+    m_model.eval()  # no dropout: the update is deterministic
+    base, y0, p0 = _read(m_model, m_sae, setup, feature_ids, settings.batch_size)
+    encoded = [encode_pair(tokenizer, prompt, response, name=f"pair {pid}") for pid, prompt, response in pairs]
+    prompt_readout = read_probes(m_model, m_sae, setup.hook_layer, [_prompt_only(tokenizer, p, pid) for pid, p, _ in pairs],
+                                 setup.refusal_openings, position=setup.position, batch_size=settings.batch_size,
+                                 pad_id=setup.pad_id, feature_ids=feature_ids, progress=False)
+    m, n, k = len(pairs), len(setup.prompts), len(feature_ids)
+    dX_exact = np.zeros((m, n, k))
+    dX_lin = np.zeros((m, n, k))
+    dY = np.zeros((m, n))
+    dP = np.zeros((m, n))
+    flips = np.zeros(m, dtype=np.int64)
+    seconds = np.zeros(m)
+    bar = tqdm(list(enumerate(pairs)), desc="pair shifts", disable=not progress, mininterval=1.0)
+    for i, (pair_id, _, _) in bar:
+        t0 = time.perf_counter()
+        ids, n_prompt = encoded[i]
+        with restored_weights(m_model):
+            try:
+                apply_pair_update(m_model, ids, n_prompt, settings)
+            except SMDAError as exc:
+                raise SMDAError(f"pair {pair_id}: {exc}") from None
+            with torch.no_grad():
+                new, y1, p1 = _read(m_model, m_sae, setup, feature_ids, settings.batch_size)
+        dX_exact[i] = new.dense - base.dense
+        with torch.no_grad():
+            dX_lin[i] = linearised_dx(m_sae, feature_ids, base.hidden_tokens, new.hidden_tokens, setup.position)
+        dY[i] = y1 - y0
+        dP[i] = p1 - p0
+        flips[i] = int(((new.dense > 0) != (base.dense > 0)).sum())
+        seconds[i] = time.perf_counter() - t0
+        log.info("pair %s shifted in %.2fs", pair_id, seconds[i])
+    if was_training:
+        m_model.train()
+    return PairShifts([p[0] for p in pairs], feature_ids, base.dense, y0, p0, dX_exact, dX_lin, dY, dP, flips,
+                      prompt_readout.dense, seconds, settings)
+
+
+def _prompt_only(tokenizer, prompt: str, pair_id: str) -> EncodedPrompt:
+    from smda_core.model.chat import encode_prompt
+
+    return encode_prompt(tokenizer, prompt, name=f"pair {pair_id}")

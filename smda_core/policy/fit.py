@@ -1,0 +1,325 @@
+"""The symbolic policy (DESIGN §3): a few named SAE features whose ridge regression predicts the behaviour.
+
+`fit_policy_arrays` runs the stages, each a pure function of numpy arrays: `selection` picks
+feature ids from sparse activations, `design` builds the (n, k) design in raw or standardised
+units, the ridge is fitted on all probes (λ fixed or by exact LOO), and the fit report gives R²,
+LOO R² and the paper's held-out refusal accuracy next to its majority baseline. `formula`
+renders the result for people.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import get_args
+
+import numpy as np
+
+from smda_core.errors import ConfigError, InputError
+from smda_core.policy.ridge import LooResult, RidgeFit, default_lambda_grid, fit_ridge, loo_ridge, r2
+from smda_core.policy.design import DesignKind, Standardiser, design_matrix
+from smda_core.policy.selection import Selection, SelectionMethod, _frozen, _probe_array, select_features
+
+__all__ = ["PolicySettings", "Policy", "HeldoutSplit", "paper_settings", "default_settings", "stratified_split", "best_threshold", "fit_policy_arrays"]
+
+
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Every choice of §3 in one validated, frozen object (mirrors `config.PolicySection`)."""
+
+    # selection
+    selection: SelectionMethod = field(default="contrast", metadata={"help": "contrast | correlation | explicit"})
+    contrast_threshold: float = field(default=0.1, metadata={"help": "|mean harmful − mean harmless| must exceed this"})
+    max_features: int | None = field(default=None, metadata={"help": "keep the top-N by |contrast|; None = all above threshold"})
+    correlation_k: int = field(default=32, metadata={"help": "number of features kept by |Pearson r| with y"})
+    min_active: int = field(default=5, metadata={"help": "correlation: a feature must be non-zero on ≥ this many probes"})
+    features: tuple[int, ...] | None = field(default=None, metadata={"help": "explicit feature ids (selection=explicit)"})
+    # design and ridge
+    design: DesignKind = field(default="standardised", metadata={"help": "raw activations or standardised with base mean/std"})
+    intercept: bool = field(default=True, metadata={"help": "fit an unpenalised intercept"})
+    lam: float | None = field(default=None, metadata={"help": "fixed λ; None = exact leave-one-out over lam_grid"})
+    lam_grid: tuple[float, ...] | None = field(default=None, metadata={"help": "λ grid for LOO; None = default_lambda_grid()"})
+    # held-out accuracy
+    heldout_fraction: float = field(default=0.2, metadata={"help": "share of probes held out (stratified by category, refused)"})
+    seed: int = field(default=0, metadata={"help": "seed of the held-out split"})
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"PolicySettings.{name}: {why}; got {getattr(self, name)!r}")
+
+        for name in ("contrast_threshold", "heldout_fraction") + (("lam",) if self.lam is not None else ()):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise bad(name, "must be a number")
+        if self.selection not in get_args(SelectionMethod):
+            raise bad("selection", f"must be one of {get_args(SelectionMethod)}")
+        if self.design not in get_args(DesignKind):
+            raise bad("design", f"must be one of {get_args(DesignKind)}")
+        if not (np.isfinite(self.contrast_threshold) and self.contrast_threshold >= 0):
+            raise bad("contrast_threshold", "must be a finite number ≥ 0")
+        if self.max_features is not None and (not isinstance(self.max_features, int) or self.max_features < 1):
+            raise bad("max_features", "must be a positive integer or None")
+        if not isinstance(self.correlation_k, int) or self.correlation_k < 1:
+            raise bad("correlation_k", "must be a positive integer")
+        if not isinstance(self.min_active, int) or self.min_active < 1:
+            raise bad("min_active", "must be an integer ≥ 1")
+        if self.selection == "explicit":
+            if not self.features:
+                raise bad("features", "selection='explicit' needs a non-empty list of feature ids")
+        if self.features is not None:
+            try:
+                feats = tuple(int(f) for f in self.features)
+            except (TypeError, ValueError):
+                raise bad("features", "must be a list of integer feature ids") from None
+            if any(f < 0 for f in feats) or len(set(feats)) != len(feats):
+                raise bad("features", "feature ids must be distinct integers ≥ 0")
+            object.__setattr__(self, "features", feats)
+        if not isinstance(self.intercept, bool):
+            raise bad("intercept", "must be true or false")
+        if self.lam is not None and not (np.isfinite(self.lam) and self.lam > 0):
+            raise bad("lam", "must be a finite number > 0, or None for leave-one-out")
+        if self.lam_grid is not None:
+            grid = tuple(float(v) for v in self.lam_grid)
+            if not grid or not all(np.isfinite(v) and v > 0 for v in grid):
+                raise bad("lam_grid", "must be a non-empty list of finite numbers > 0")
+            object.__setattr__(self, "lam_grid", grid)
+        if not (0.0 < self.heldout_fraction < 1.0):
+            raise bad("heldout_fraction", "must lie strictly between 0 and 1")
+        if not isinstance(self.seed, int):
+            raise bad("seed", "must be an integer")
+
+
+def paper_settings(**overrides: object) -> PolicySettings:
+    """The reference method: contrast 0.1, raw activations, no intercept, λ = 5."""
+    base = PolicySettings(selection="contrast", contrast_threshold=0.1, max_features=None, design="raw", intercept=False, lam=5.0)
+    return dataclasses.replace(base, **overrides)
+
+
+def default_settings(**overrides: object) -> PolicySettings:
+    """What we recommend: contrast 0.1 capped at 64 features, standardised, intercept, λ by exact LOO."""
+    base = PolicySettings(selection="contrast", contrast_threshold=0.1, max_features=64, design="standardised", intercept=True, lam=None)
+    return dataclasses.replace(base, **overrides)
+
+
+# --------------------------------------------------------------------------- held-out accuracy
+
+
+@dataclass(frozen=True, eq=False)
+class HeldoutSplit:
+    """A stratified split; `test` is the held-out mask, (n,) bool."""
+
+    test: np.ndarray
+
+    @property
+    def train(self) -> np.ndarray:
+        return ~self.test
+
+
+def stratified_split(category: np.ndarray, refused: np.ndarray, fraction: float, seed: int) -> HeldoutSplit:
+    """Hold out round(fraction·|S|) probes of every (category, refused) stratum S, seeded.
+
+    Strata are visited in sorted order with one `numpy.random.default_rng(seed)`, so a seed always
+    gives the same split for the same labels.
+    """
+    category = np.asarray(category)
+    refused = np.asarray(refused).astype(bool)
+    n = category.shape[0]
+    _, cat_code = np.unique(category.astype(str), return_inverse=True)
+    stratum = cat_code.astype(np.int64) * 2 + refused.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    test = np.zeros(n, dtype=bool)
+    for s in np.unique(stratum):
+        members = np.flatnonzero(stratum == s)
+        n_test = int(np.floor(fraction * members.size + 0.5))
+        if n_test:
+            test[rng.permutation(members)[:n_test]] = True
+    return HeldoutSplit(_frozen(test))
+
+
+def best_threshold(score: np.ndarray, label: np.ndarray) -> tuple[float, float]:
+    """Threshold t maximising accuracy of `score > t` as a predictor of `label`; returns (t, accuracy).
+
+    Candidates are the midpoints between consecutive distinct scores plus one below the minimum
+    (everything positive) and one above the maximum (nothing positive); ties go to the smallest t.
+    """
+    score = np.asarray(score, dtype=np.float64)
+    label = np.asarray(label).astype(bool)
+    if score.size == 0:
+        raise InputError("cannot choose a threshold on no probes", field="refused")
+    order = np.argsort(score, kind="stable")
+    s, lab = score[order], label[order]
+    # boundary after position i (i = 0..n): the first i are predicted negative
+    neg_correct = np.concatenate([[0], np.cumsum(~lab)])
+    pos_correct = lab.sum() - np.concatenate([[0], np.cumsum(lab)])
+    correct = neg_correct + pos_correct
+    valid = np.ones(s.size + 1, dtype=bool)
+    valid[1:-1] = s[1:] > s[:-1]  # cannot split between equal scores
+    correct = np.where(valid, correct, -1)
+    i = int(np.argmax(correct))
+    spread = max(1.0, float(s[-1] - s[0]))
+    if i == 0:
+        t = float(s[0] - spread)
+    elif i == s.size:
+        t = float(s[-1] + spread)
+    else:
+        t = float(0.5 * (s[i - 1] + s[i]))
+    return t, float(correct[i]) / s.size
+
+
+# --------------------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True, eq=False)
+class Policy:
+    """A fitted symbolic policy: features, units, ridge, and its fit report (DESIGN §3.4).
+
+    The ridge (`fit`) uses all probes; `accuracy`/`majority_baseline`/`threshold` come from a
+    separate refit on the 80% training part of a stratified split (`heldout` marks the 20%).
+    """
+
+    settings: PolicySettings
+    feature_ids: np.ndarray  # (k,)
+    selection: Selection
+    standardiser: Standardiser | None  # None for the raw design
+    fit: RidgeFit
+    lam: float
+    lam_grid: np.ndarray | None  # grid searched by LOO (None when λ was fixed)
+    loo_mse: np.ndarray | None  # LOO MSE per grid λ
+    r2: float
+    loo_r2: float
+    accuracy: float
+    majority_baseline: float
+    threshold: float
+    heldout: np.ndarray  # (n,) bool
+    n: int
+    k: int
+    X: np.ndarray  # (n, k) raw activations of the policy features
+    Z: np.ndarray  # (n, k) design (raw or standardised)
+    y: np.ndarray  # (n,)
+    predicted: np.ndarray  # (n,) in-sample b + Zβ
+    loo_predicted: np.ndarray  # (n,) exact leave-one-out predictions
+
+    @property
+    def coef(self) -> np.ndarray:
+        return self.fit.coef
+
+    @property
+    def intercept(self) -> float:
+        return self.fit.intercept
+
+    def design(self, X_raw: np.ndarray) -> np.ndarray:
+        """Raw activations of the policy features (..., k) → design units."""
+        X_raw = np.asarray(X_raw, dtype=np.float64)
+        if X_raw.shape[-1] != self.k:
+            raise InputError(f"expected {self.k} policy feature columns; got shape {X_raw.shape}", field="X")
+        return X_raw if self.standardiser is None else self.standardiser.transform(X_raw)
+
+    def shift(self, dX_raw: np.ndarray) -> np.ndarray:
+        """Raw activation shift (..., k) → ΔZ in design units."""
+        dX_raw = np.asarray(dX_raw, dtype=np.float64)
+        if dX_raw.shape[-1] != self.k:
+            raise InputError(f"expected {self.k} policy feature columns; got shape {dX_raw.shape}", field="dX")
+        return dX_raw if self.standardiser is None else self.standardiser.scale_shift(dX_raw)
+
+    def predict(self, X_raw: np.ndarray) -> np.ndarray:
+        """Predicted behaviour for raw activations of the policy features, (n, k) → (n,)."""
+        return self.fit.predict(self.design(X_raw))
+
+
+def fit_policy_arrays(
+    probe_index: np.ndarray,
+    feature_id: np.ndarray,
+    activation: np.ndarray,
+    n_probes: int,
+    *,
+    harmful: np.ndarray,
+    y: np.ndarray,
+    refused: np.ndarray,
+    category: np.ndarray,
+    settings: PolicySettings | None = None,
+) -> Policy:
+    """Selection → design → ridge on all probes, plus the fit report (DESIGN §3).
+
+    Args:
+        probe_index, feature_id, activation: COO SAE activations at the configured position.
+        n_probes: n.
+        harmful, y, refused, category: per-probe arrays, (n,).
+        settings: `PolicySettings` (None → `default_settings()`).
+    """
+    s = default_settings() if settings is None else settings
+    n = int(n_probes)
+    harmful = _probe_array(harmful, n, "harmful").astype(bool)
+    yv = _probe_array(y, n, "y", np.float64)
+    refused = _probe_array(refused, n, "refused").astype(bool)
+    category = _probe_array(category, n, "category")
+    if not np.all(np.isfinite(yv)):
+        raise InputError("behaviour y has NaN or inf values", field="y")
+
+    sel = select_features(
+        probe_index,
+        feature_id,
+        activation,
+        n,
+        harmful=harmful,
+        y=yv,
+        method=s.selection,
+        threshold=s.contrast_threshold,
+        max_features=s.max_features,
+        k=s.correlation_k,
+        min_active=s.min_active,
+        features=s.features,
+    )
+    X = design_matrix(probe_index, feature_id, activation, sel.feature_ids, n)
+    standardiser = Standardiser.fit(X) if s.design == "standardised" else None
+    Z = X if standardiser is None else standardiser.transform(X)
+
+    grid = None
+    if s.lam is None:
+        grid = np.asarray(s.lam_grid if s.lam_grid is not None else default_lambda_grid(), dtype=np.float64)
+        loo: LooResult = loo_ridge(Z, yv, grid, s.intercept)
+    else:
+        loo = loo_ridge(Z, yv, (s.lam,), s.intercept)
+    lam = loo.lam
+    fit = fit_ridge(Z, yv, lam, s.intercept)
+    predicted = fit.predict(Z)
+
+    split = stratified_split(category, refused, s.heldout_fraction, s.seed)
+    train, test = split.train, split.test
+    if train.sum() < 2 or test.sum() < 1:
+        raise InputError(f"too few probes ({n}) for a {s.heldout_fraction:.0%} held-out split", field="heldout_fraction")
+    fit_train = fit_ridge(Z[train], yv[train], lam, s.intercept)
+    threshold, _ = best_threshold(fit_train.predict(Z[train]), refused[train])
+    accuracy = float(np.mean((fit_train.predict(Z[test]) > threshold) == refused[test]))
+    majority = bool(refused[train].sum() * 2 >= train.sum())  # ties count as "refused"
+    baseline = float(np.mean(refused[test] == majority))
+
+    return Policy(
+        settings=s,
+        feature_ids=sel.feature_ids,
+        selection=sel,
+        standardiser=standardiser,
+        fit=fit,
+        lam=lam,
+        lam_grid=None if grid is None else _frozen(grid.copy()),
+        loo_mse=None if grid is None else loo.mse,
+        r2=r2(yv, predicted),
+        loo_r2=r2(yv, loo.loo_pred),
+        accuracy=accuracy,
+        majority_baseline=baseline,
+        threshold=threshold,
+        heldout=split.test,
+        n=n,
+        k=int(sel.feature_ids.size),
+        X=_frozen(X),
+        Z=_frozen(Z),
+        y=_frozen(yv.copy()),
+        predicted=_frozen(predicted),
+        loo_predicted=loo.loo_pred,
+    )
+
+

@@ -1,0 +1,155 @@
+"""Per-batch staging: parallel steps write files, one writer loads them into DuckDB.
+
+DuckDB allows one writing process. SFT batches are computed in parallel (one Dagster partition
+each), so each batch's steps write their tables as Parquet files into its own folder, and a
+manifest (written last, atomically) says the batch is complete. :func:`load_batches` is the
+only code that moves staged batches into the warehouse: it loads a batch when its manifest
+changed since the last load, replacing that batch's rows in one transaction and touching no
+other batch, then marks which batch of each file is current (``batches.statuses``).
+
+    <warehouse dir>/staging/<batch_id>/sft_pairs.parquet   (the pairs, as read and checked)
+                                      /shifts.pkl          (measured shifts, for attribution)
+                                      /<table>.parquet     (pair_attribution, pair_summary, ...)
+                                      /manifest.json       (tables, their SHA-256, the source file)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from smda_core.inputs import batches as batch_rules
+from smda_core.errors import SMDAError
+from smda_core.store.warehouse import replace_partition, replace_table
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The staging folder of one warehouse."""
+
+    root: Path
+
+    def folder(self, batch_id: str) -> Path:
+        return self.root / batch_id
+
+    def write_table(self, batch_id: str, name: str, table: pa.Table) -> Path:
+        """Write one table of a batch atomically (a crash leaves the previous file or none)."""
+        path = self.folder(batch_id) / f"{name}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".parquet.tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+        return path
+
+    def read_table(self, batch_id: str, name: str) -> pa.Table:
+        path = self.folder(batch_id) / f"{name}.parquet"
+        if not path.exists():
+            raise SMDAError(f"batch {batch_id}: {path} is missing; materialise the batch's upstream step first")
+        return pq.read_table(path)
+
+    def save(self, batch_id: str, name: str, obj: Any) -> None:
+        path = self.folder(batch_id) / f"{name}.pkl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".pkl.tmp")
+        tmp.write_bytes(pickle.dumps(obj))
+        tmp.replace(path)
+
+    def load(self, batch_id: str, name: str) -> Any:
+        path = self.folder(batch_id) / f"{name}.pkl"
+        if not path.exists():
+            raise SMDAError(f"batch {batch_id}: {path} is missing; materialise the batch's upstream step first")
+        return pickle.loads(path.read_bytes())
+
+    def commit(self, batch_id: str, tables: list[str], *, source_file: str, content_hash: str, n_pairs: int) -> dict:
+        """Write the manifest last: the batch's staged tables are complete and consistent."""
+        folder = self.folder(batch_id)
+        entries = {name: {"file": f"{name}.parquet", "sha256": _sha256(folder / f"{name}.parquet")} for name in tables}
+        stage_id = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
+        manifest = {"batch_id": batch_id, "source_file": source_file, "content_hash": content_hash, "n_pairs": n_pairs,
+                    "tables": entries, "stage_id": stage_id, "staged_at": datetime.now(timezone.utc).isoformat()}
+        tmp = folder / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        tmp.replace(folder / MANIFEST)
+        return manifest
+
+    def manifest(self, batch_id: str) -> dict | None:
+        path = self.folder(batch_id) / MANIFEST
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    loaded: list[str]
+    unchanged: list[str]
+    not_staged: list[str]
+    superseded: list[str]
+
+
+def _registry(con: duckdb.DuckDBPyConnection) -> dict[str, dict]:
+    rows = con.sql("SELECT * FROM smda.sft_batches").to_arrow_table().to_pylist()
+    return {r["batch_id"]: r for r in rows}
+
+
+def load_batches(con: duckdb.DuckDBPyConnection, stage: Stage, batch_ids: list[str]) -> LoadReport:
+    """Load every listed batch whose staged manifest differs from the one loaded last, then mark statuses.
+
+    Each batch is replaced in one transaction across all its tables; other batches' rows are
+    not rewritten. Batches without a manifest (never completed) are skipped and reported.
+    """
+    registry = _registry(con)
+    loaded, unchanged, not_staged = [], [], []
+    for batch_id in sorted(batch_ids):
+        manifest = stage.manifest(batch_id)
+        if manifest is None:
+            not_staged.append(batch_id)
+            continue
+        if registry.get(batch_id, {}).get("stage_id") == manifest["stage_id"]:
+            unchanged.append(batch_id)
+            continue
+        tables = {name: stage.read_table(batch_id, name) for name in manifest["tables"]}
+        con.begin()
+        try:
+            for name, table in tables.items():
+                replace_partition(con, name, "batch_id", batch_id, table, transaction=False)
+            row = {"batch_id": batch_id, "source_file": manifest["source_file"], "content_hash": manifest["content_hash"],
+                   "n_pairs": int(manifest["n_pairs"]), "stage_id": manifest["stage_id"],
+                   "staged_at": datetime.fromisoformat(manifest["staged_at"]).replace(tzinfo=None),
+                   "loaded_at": datetime.now(timezone.utc).replace(tzinfo=None), "status": "active", "superseded_by": None}
+            replace_partition(con, "sft_batches", "batch_id", batch_id, pa.Table.from_pylist([row]), transaction=False)
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        loaded.append(batch_id)
+    superseded = mark_statuses(con)
+    return LoadReport(loaded, unchanged, not_staged, superseded)
+
+
+def mark_statuses(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Recompute active / superseded for every registered batch from the source files' content now."""
+    registry = list(_registry(con).values())
+    if not registry:
+        return []
+    current = {}
+    for source in {r["source_file"] for r in registry}:
+        current[source] = batch_rules.file_hash(source) if Path(source).is_file() else None
+    status = batch_rules.statuses(registry, current)
+    for r in registry:
+        r["status"], r["superseded_by"] = status[r["batch_id"]]
+    replace_table(con, "sft_batches", pa.Table.from_pylist(registry))
+    return sorted(b for b, (s, _) in status.items() if s == "superseded")

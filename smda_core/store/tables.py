@@ -1,0 +1,114 @@
+"""The core's results as the warehouse's tables (Arrow, with the contract's column names).
+
+One function per step of the pipeline; the Dagster assets write what these return, and a
+notebook user can call them too. Table layouts are owned by `warehouse.TABLES`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from smda_core.policy.labels import FeatureLabel
+from smda_core.policy.fit import Policy
+
+
+def probe_tables(probes: pa.Table, scores) -> dict[str, pa.Table]:
+    """probes (the validated file), features (sparse, activation ≠ 0) and the behaviour scores."""
+    ids = np.asarray(scores.probe_ids)
+    base = probes.select(["probe_id", "prompt", "category", "harmful", "refused", "content_hash"])
+    features = pa.table({"probe_id": pa.array(ids[scores.coo_probe].tolist(), pa.string()),
+                         "feature_id": pa.array(scores.coo_feature, pa.int32()),
+                         "activation": pa.array(scores.coo_value, pa.float64())})
+    behaviour = pa.table({"probe_id": pa.array(ids.tolist(), pa.string()),
+                          "behaviour": pa.array(scores.behaviour, pa.float64()),
+                          "refusal_prob": pa.array(scores.refusal_prob, pa.float64()),
+                          "refused": pa.array(scores.refused, pa.bool_()),
+                          "refused_source": pa.array([scores.refused_source] * len(ids), pa.string())})
+    return {"probes": base, "features": features, "behaviour_scores": behaviour}
+
+
+def policy_tables(policy: Policy, scores, labels: Sequence[FeatureLabel], *, preset: str, model: str, sae: str, hook: str,
+                  position: str, behaviour: str, dtype: str, formula: str) -> dict[str, pa.Table]:
+    """policy_features, policy_fit, feature_labels, probe_contributions and probe_scores (with predictions)."""
+    ids = np.asarray(scores.probe_ids)
+    k = policy.k
+    mean = policy.standardiser.mean if policy.standardiser is not None else policy.X.mean(0)
+    std = policy.standardiser.std if policy.standardiser is not None else np.ones(k)
+    stat = np.asarray(policy.selection.statistic, dtype=float)
+    features = pa.table({
+        "feature_id": pa.array(policy.feature_ids, pa.int32()),
+        "rank": pa.array(np.argsort(np.argsort(-np.abs(policy.coef), kind="stable"), kind="stable") + 1, pa.int32()),
+        "coef": pa.array(policy.coef, pa.float64()),
+        "mean": pa.array(mean, pa.float64()),
+        "std": pa.array(std, pa.float64()),
+        "direction": pa.array(np.where(stat > 0, "harmful", "harmless").tolist(), pa.string()),
+        "statistic": pa.array(stat, pa.float64()),
+        "statistic_name": pa.array([policy.selection.statistic_name] * k, pa.string()),
+    })
+    fit = pa.table({
+        "lambda": [float(policy.lam)], "r2": [float(policy.r2)], "loo_r2": [float(policy.loo_r2)],
+        "accuracy": [float(policy.accuracy)], "majority_baseline": [float(policy.majority_baseline)],
+        "intercept": [float(policy.intercept)], "threshold": [float(policy.threshold)],
+        "n_probes": pa.array([policy.n], pa.int32()), "k": pa.array([k], pa.int32()),
+        "preset": [preset], "model": [model], "sae": [sae], "hook": [hook], "position": [position],
+        "behaviour": [behaviour], "design": [policy.settings.design], "dtype": [dtype], "formula": [formula],
+        "fitted_at": pa.array([dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)], pa.timestamp("us")),
+    })
+    label_table = pa.table({
+        "feature_id": pa.array([l.feature_id for l in labels], pa.int32()),
+        "label": [l.label for l in labels], "source": [l.source for l in labels],
+        "top_probes": [json.dumps([str(ids[i]) for i in l.top_probes]) for l in labels],
+    })
+    contrib = policy.Z * policy.coef[None, :]
+    rows, cols = (a.ravel() for a in np.indices(contrib.shape))  # every (probe, policy feature), row-major
+    contributions = pa.table({"probe_id": pa.array(ids[rows].tolist(), pa.string()),
+                              "feature_id": pa.array(policy.feature_ids[cols], pa.int32()),
+                              "contribution": pa.array(contrib[rows, cols], pa.float64())})
+    probe_scores = pa.table({
+        "probe_id": pa.array(ids.tolist(), pa.string()),
+        "behaviour": pa.array(scores.behaviour, pa.float64()),
+        "refusal_prob": pa.array(scores.refusal_prob, pa.float64()),
+        "refused": pa.array(scores.refused, pa.bool_()),
+        "refused_source": pa.array([scores.refused_source] * len(ids), pa.string()),
+        "predicted": pa.array(policy.predicted, pa.float64()),
+        "heldout": pa.array(policy.heldout, pa.bool_()),
+    })
+    return {"policy_features": features, "policy_fit": fit, "feature_labels": label_table,
+            "probe_contributions": contributions, "probe_scores": probe_scores}
+
+
+def _with_batch(table: pa.Table, batch_id: str) -> pa.Table:
+    return table.add_column(1, "batch_id", pa.array([batch_id] * table.num_rows, pa.string()))
+
+
+def pair_tables(batch_id: str, shifts, attr, policy: Policy, probe_ids: Sequence[str], *, delta_x: str = "exact",
+                include_shifts: bool = True) -> dict[str, pa.Table]:
+    """pair_attribution, pair_summary, pair_group_effects, pair_group_shift and (optionally) pair_shifts of one batch."""
+    out = {name: _with_batch(t, batch_id) for name, t in attr.to_arrow().items()}
+    summary = out["pair_summary"]
+    summary = summary.set_column(summary.schema.get_field_index("intended_features"), "intended_features",
+                                 pa.array([json.dumps([int(x) for x in v]) for v in summary["intended_features"].to_pylist()]))
+    summary = summary.append_column("seconds", pa.array(shifts.seconds, pa.float64()))
+    summary = summary.append_column("method", pa.array([attr.primary] * summary.num_rows, pa.string()))
+    out["pair_summary"] = summary
+    if include_shifts:
+        m, n, k = shifts.dX_exact.shape
+        dz = policy.shift(shifts.dX(delta_x)).reshape(m * n * k)
+        pair_idx = np.repeat(np.arange(m), n * k)
+        probe_idx = np.tile(np.repeat(np.arange(n), k), m)
+        feat_idx = np.tile(np.arange(k), m * n)
+        pids = np.asarray(shifts.pair_ids)
+        out["pair_shifts"] = pa.table({
+            "pair_id": pa.array(pids[pair_idx].tolist(), pa.string()),
+            "batch_id": pa.array([batch_id] * len(dz), pa.string()),
+            "probe_id": pa.array(np.asarray(probe_ids)[probe_idx].tolist(), pa.string()),
+            "feature_id": pa.array(policy.feature_ids[feat_idx], pa.int32()),
+            "dz": pa.array(dz, pa.float64()),
+            "dy": pa.array(shifts.dY[pair_idx, probe_idx], pa.float64()),
+        })
+    return out
