@@ -8,10 +8,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def demo_world():
-    from smda_core.api import load_world
+    from smda_core.api import load_runtime
     from smda_core.config import load_config
 
-    return load_world(load_config(None, demo={"cache_dir": str(ROOT / ".cache" / "smda-demo")}), progress=False)
+    return load_runtime(load_config(None, demo={"cache_dir": str(ROOT / ".cache" / "smda-demo")}), progress=False)
 
 
 def padded_batches(seqs: list[list[int]], pad: int, batch_size: int):

@@ -24,11 +24,11 @@ def best_of(fn, repeats=5):
 
 
 def main() -> None:
-    from smda_core.model.runtime import read_probes
+    from smda_core.model.readout import read_probes
 
     world = demo_world()
     prompts, bs, pad = world.encoded, world.config.features.batch_size, world.tokenizer.pad_token_id
-    from smda_core.model.runtime import _branches
+    from smda_core.model.readout import _branches
 
     branch = list(_branches(world.refusal_openings)[0])
     batches = padded_batches([list(p.input_ids) + branch for p in prompts], pad, bs)

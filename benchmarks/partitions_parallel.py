@@ -40,12 +40,12 @@ def main() -> None:
 
     from smda_assets.run import _run, observe_inputs, run_batches
     from smda_assets.resources import SMDAResource
-    from smda_core.api import world_sources
+    from smda_core.sources import resolve_sources
     from smda_core.inputs.batches import config_scan
     from smda_core.config import load_config
 
-    src = world_sources(load_config(None, demo={"cache_dir": str(ROOT / ".cache" / "smda-demo")}), progress=False)
-    pairs = [json.loads(line) for line in Path(src["sft"][0]).read_text().splitlines()]
+    src = resolve_sources(load_config(None, demo={"cache_dir": str(ROOT / ".cache" / "smda-demo")}), progress=False)
+    pairs = [json.loads(line) for line in Path(src.sft[0]).read_text().splitlines()]
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode, workers, separate in (("in-process", 1, False), ("sequential", 1, True), ("parallel", N_BATCHES, True)):

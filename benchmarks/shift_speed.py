@@ -15,14 +15,14 @@ N_PAIRS = 20
 
 
 def main() -> None:
-    from smda_core.api import fit_policy, measure_probes, measure_shifts, read_pairs, shift_settings
+    from smda_core.api import fit_policy, measure_probes, measure_shifts, read_pairs
     from smda_core.model.chat import encode_pair
     from smda_core.model.shifts import sft_loss
 
     world = demo_world()
-    policy = fit_policy(world, measure_probes(world, progress=False))
-    pairs = read_pairs(world).slice(0, N_PAIRS)
-    settings = shift_settings(world.config)
+    policy = fit_policy(measure_probes(world, progress=False), world.config.policy)
+    pairs = read_pairs(world.sources, world.probes, world.config).slice(0, N_PAIRS)
+    settings = world.config.shifts
     t0 = time.perf_counter()
     shifts = measure_shifts(world, policy, pairs, progress=False)
     per_pair = (time.perf_counter() - t0) / N_PAIRS

@@ -7,10 +7,24 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from smda_assets.display import console, print_rows
+from smda_core.errors import SMDAError
 
-app = typer.Typer(help="Symbolic Mechanistic Data Attribution warehouse.", no_args_is_help=True)
+
+class _Commands(TyperGroup):
+    """The one place where the product's errors become a one-line message and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SMDAError as exc:
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(code=1) from None
+
+
+app = typer.Typer(cls=_Commands, help="Symbolic Mechanistic Data Attribution warehouse.", no_args_is_help=True)
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="smda.yaml (default: the embedded demo)")]
 WarehouseOpt = Annotated[str | None, typer.Option("--warehouse", help="DuckDB file (default: from the config)")]
@@ -24,11 +38,6 @@ EXAMPLE_QUERIES = {
         "FROM smda.v_pair_summary s JOIN smda.v_sft_pairs p USING (pair_id) ORDER BY s.dy_harmful DESC LIMIT 5",
     "Top policy features": "SELECT feature_id, rank, round(coef, 3) AS coef, label FROM smda.v_policy ORDER BY rank LIMIT 5",
 }
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=1)
 
 
 def _warehouse(config: str | None, warehouse: str | None) -> Path:
@@ -58,12 +67,8 @@ def demo(warehouse: WarehouseOpt = None) -> None:
 
 def _materialize(config: str | None, warehouse: str | None) -> None:
     from smda_assets.run import materialize_all
-    from smda_core.errors import SMDAError
 
-    try:
-        batches = materialize_all(config, warehouse)
-    except SMDAError as exc:
-        _fail(exc)
+    batches = materialize_all(config, warehouse)
     console.print(f"[green]materialised[/] probes, policy, {len(batches)} SFT batch(es) and the views")
 
 
@@ -79,13 +84,9 @@ def ingest(config: ConfigOpt = None, warehouse: WarehouseOpt = None,
            everything: Annotated[bool, typer.Option(help="recompute every batch, not only new or stale ones")] = False) -> None:
     """One-shot refresh without a daemon: new SFT files in the watched folder and stale results (changed model, SAE, probes, settings)."""
     from smda_assets.run import ingest as run_ingest
-    from smda_core.errors import SMDAError
 
-    try:
-        report = run_ingest(config, warehouse, workers=workers, everything=everything,
-                            progress=lambda msg: console.print(f"[dim]·[/] {msg}"))
-    except SMDAError as exc:
-        _fail(exc)
+    report = run_ingest(config, warehouse, workers=workers, everything=everything,
+                        progress=lambda msg: console.print(f"[dim]·[/] {msg}"))
     for path, batch in report.duplicates.items():
         console.print(f"[yellow]duplicate[/] {path}: same content as batch {batch}; not added again")
     console.print(f"batches: {len(report.batches)} ({len(report.added)} new); probe side refitted: {report.probe_side}; "
@@ -135,16 +136,12 @@ def metadata_add(file: Annotated[Path, typer.Argument(help="CSV, Parquet or JSON
                  name: Annotated[str | None, typer.Option(help="table name (default: the file's stem)")] = None,
                  config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     """Load a metadata table as smda.meta_<name> and create smda.v_pair_summary_<name> (v_pair_summary joined to it)."""
-    from smda_core.errors import SMDAError
     from smda_core.store.metadata import load_metadata
     from smda_core.store.warehouse import apply_views, session
 
-    try:
-        with session(_warehouse(config, warehouse)) as con:
-            apply_views(con)
-            loaded = load_metadata(con, file, key, on=on, name=name)
-    except SMDAError as exc:
-        _fail(exc)
+    with session(_warehouse(config, warehouse)) as con:
+        apply_views(con)
+        loaded = load_metadata(con, file, key, on=on, name=name)
     console.print(f"[green]loaded[/] {loaded.n_rows} rows into {loaded.table}; {loaded.matched} pairs matched on {loaded.on}; "
                   f"view {loaded.view}")
     console.print(f"[dim]e.g. smda query \"SELECT * FROM {loaded.view} LIMIT 5\"[/]")
@@ -155,20 +152,16 @@ def query_cmd(sql: str, config: ConfigOpt = None, warehouse: WarehouseOpt = None
               format: Annotated[str, typer.Option("--format", help="table|csv|json|parquet")] = "table",
               out: Annotated[Path | None, typer.Option("--out", help="file to write (csv/json/parquet)")] = None) -> None:
     """Run SQL on a read-only connection to the warehouse."""
-    from smda_core.errors import SMDAError
     from smda_core.store.warehouse import query
 
-    try:
-        table = query(_warehouse(config, warehouse), sql)
-    except SMDAError as exc:
-        _fail(exc)
+    if format not in ("table", "csv", "json", "parquet"):
+        raise SMDAError(f"--format {format}: use table, csv, json or parquet")
+    if format == "parquet" and out is None:
+        raise SMDAError("--format parquet needs --out FILE")
+    table = query(_warehouse(config, warehouse), sql)
     if format == "table":
         print_rows(table)
         return
-    if format not in ("csv", "json", "parquet"):
-        _fail(ValueError(f"--format {format}: use table, csv, json or parquet"))
-    if format == "parquet" and out is None:
-        _fail(ValueError("--format parquet needs --out FILE"))
     import io
     import json
 
@@ -192,7 +185,7 @@ def _show_policy(path: Path) -> None:
 
     fit = query(path, "SELECT * FROM smda.v_policy_fit").to_pylist()
     if not fit:
-        _fail(ValueError(f"{path}: no policy fitted yet; run `smda materialize`"))
+        raise SMDAError(f"{path}: no policy fitted yet; run `smda materialize`")
     f = fit[0]
     console.print(f"[bold]{escape(f['formula'])}[/]")  # labels are [bracketed]: not Rich markup
     console.print(f"λ={f['lambda']:.4g}  R²={f['r2']:.3f}  LOO R²={f['loo_r2']:.3f}  held-out accuracy={f['accuracy']:.3f} "
@@ -210,17 +203,14 @@ def policy(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
 def fit(config: ConfigOpt = None,
         preset: Annotated[str | None, typer.Option(help="override the config's preset: default or paper")] = None) -> None:
     """Fit the policy directly (no warehouse) and print the formula and fit report; compares presets quickly."""
-    from smda_core.api import fit_policy, formula, load_world, measure_probes
+    from smda_core.api import feature_labels, fit_policy, formula, load_runtime, measure_probes
     from smda_core.config import load_config
-    from smda_core.errors import SMDAError
 
-    try:
-        cfg = load_config(config, **({"preset": preset} if preset else {}))
-        world = load_world(cfg)
-        policy = fit_policy(world, measure_probes(world))
-    except SMDAError as exc:
-        _fail(exc)
-    console.print(f"[bold]{escape(formula(world, policy))}[/]")
+    cfg = load_config(config, **({"preset": preset} if preset else {}))
+    runtime = load_runtime(cfg)
+    policy = fit_policy(measure_probes(runtime), cfg.policy)
+    labels = feature_labels(policy, runtime.probes, cfg.policy.labels_path)
+    console.print(f"[bold]{escape(formula(policy, labels, cfg.behaviour.kind))}[/]")
     console.print(f"preset={cfg.preset}  λ={policy.lam:.4g}  R²={policy.r2:.3f}  LOO R²={policy.loo_r2:.3f}  "
                   f"held-out accuracy={policy.accuracy:.3f}  majority baseline={policy.majority_baseline:.3f}  "
                   f"n={policy.n} k={policy.k}")
@@ -257,15 +247,13 @@ def curate(rule: Annotated[str | None, typer.Option(help="quantitative[:SCORE] |
            config: ConfigOpt = None, warehouse: WarehouseOpt = None,
            n_random: Annotated[int | None, typer.Option(help="random removals of the same size (default: config, 5)")] = None) -> None:
     """Drop pairs by a rule, retrain from the base on full / curated / oracle / random removals, evaluate, store in v_curation."""
-    from smda_assets.curate import run_curate
-    from smda_core.errors import SMDAError
+    from smda_assets.experiments import curate as run_curate
+    from smda_assets.resources import SMDAResource
 
-    try:
-        result = run_curate(config, warehouse, rule=rule, n_random=n_random)
-    except SMDAError as exc:
-        _fail(exc)
-    print_rows(result["table"], f"curation {result['experiment_id']}: rule {result['rule']}")
-    cmp = result["comparison"]
+    result = run_curate(SMDAResource(config_path=config, warehouse_path=warehouse), rule=rule, n_random=n_random)
+    print_rows(result.table().select(["variant", "n_pairs", "correctness", "precision", "recall", "f1", "refusal_accuracy"]),
+               f"curation {result.experiment_id}: rule {result.rule}")
+    cmp = result.comparison
     console.print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in cmp.items()))
 
 
@@ -283,13 +271,10 @@ def validate_lds(subsets: Annotated[int, typer.Option(help="random subsets to fi
                  peer: Annotated[bool, typer.Option(help="also score dattri's TracIn (if installed) on the same subsets")] = True,
                  config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     """Counterfactual agreement: Spearman across subsets of actual vs summed per-pair effects; stored in v_validation."""
-    from smda_assets.validate import run_lds
-    from smda_core.errors import SMDAError
+    from smda_assets.experiments import lds
+    from smda_assets.resources import SMDAResource
 
-    try:
-        table = run_lds(config, warehouse, subsets=subsets, fraction=fraction, peer=peer)
-    except SMDAError as exc:
-        _fail(exc)
+    table = lds(SMDAResource(config_path=config, warehouse_path=warehouse), subsets=subsets, fraction=fraction, peer=peer)
     print_rows(table.select(["check", "method", "score", "n", "spearman"]), "LDS")
 
 
@@ -298,13 +283,10 @@ def validate_stability(sae_seeds: Annotated[int, typer.Option(help="SAEs that di
                        pairs: Annotated[int | None, typer.Option(help="first N pairs only (default: all)")] = None,
                        config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     """Agreement of the policy and of per-pair scores across SAE training seeds; stored in v_validation."""
-    from smda_assets.validate import run_stability
-    from smda_core.errors import SMDAError
+    from smda_assets.experiments import stability
+    from smda_assets.resources import SMDAResource
 
-    try:
-        table, _ = run_stability(config, warehouse, sae_seeds=sae_seeds, n_pairs=pairs)
-    except SMDAError as exc:
-        _fail(exc)
+    table, _ = stability(SMDAResource(config_path=config, warehouse_path=warehouse), sae_seeds=sae_seeds, n_pairs=pairs)
     print_rows(table.select(["check", "method", "score", "n", "spearman"]), "Stability across SAE seeds (spearman = value)")
 
 
@@ -325,15 +307,11 @@ def separation(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None
 def plot(config: ConfigOpt = None, warehouse: WarehouseOpt = None,
          out: Annotated[str | None, typer.Option("--out", help="folder for the PNGs (default: <warehouse stem>.files/plots)")] = None) -> None:
     """Draw the views: policy coefficients, refusal per category, ΔX/ΔY pathways, interference (PNG files)."""
-    from smda_core.errors import SMDAError
     from smda_assets.resources import SMDAResource
     from smda_core.report.plots import write_plots
 
     path = _warehouse(config, warehouse)
-    try:
-        written = write_plots(path, out or SMDAResource(warehouse_path=str(path)).plots)
-    except SMDAError as exc:
-        _fail(exc)
+    written = write_plots(path, out or SMDAResource(warehouse_path=str(path)).plots)
     for name, file in written.items():
         console.print(f"{name}: {file}")
 

@@ -26,15 +26,11 @@ def world_real(name: str, *, small: bool, config: str | None, warehouse: str | N
     """Build (cached step by step) a real-model world and materialise its warehouse."""
     import yaml
 
-    from smda_core.errors import SMDAError
     from smda_core.worlds.real.build import build_real_world
     from smda_core.worlds.real.figures import world_figures
 
     overrides = yaml.safe_load(Path(config).read_text()) if config else None
-    try:
-        report = build_real_world(name, small=small, warehouse=warehouse, overrides=overrides, materialize=_materialize)
-    except SMDAError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    report = build_real_world(name, small=small, warehouse=warehouse, overrides=overrides, materialize=_materialize)
     s = report["sae_report"]
     console.print(f"world {report['world']}: config {report['config']}, warehouse {report['warehouse']}")
     print_rows([{"step": k, **v} for k, v in report["steps"].items()], f"build steps ({report['seconds_total']:.0f} s in all)", float_format=".3f")
@@ -71,16 +67,12 @@ def sae_train(config: Annotated[str | None, typer.Option("--config", "-c", help=
     import shutil
 
     from smda_core.config import load_config
-    from smda_core.errors import SMDAError
-    from smda_core.model.sae_training import train_sae_from_config
+    from smda_core.api import train_sae
 
     given = {"corpus": corpus, "hook_layer": layer, "architecture": architecture, "d_sae": d_sae, "k": k,
              "n_tokens": tokens, "steps": steps}
-    try:
-        cfg = load_config(config, sae_training={k_: (tuple(v) if isinstance(v, list) else v) for k_, v in given.items() if v is not None})
-        path, report = train_sae_from_config(cfg)
-    except SMDAError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    cfg = load_config(config, sae_training={k_: (tuple(v) if isinstance(v, list) else v) for k_, v in given.items() if v is not None})
+    path, report = train_sae(cfg)
     if out:
         shutil.copytree(path, out, dirs_exist_ok=True)
     console.print(f"SAE at {out or path} ({report['architecture']}, d_sae={report['d_sae']}, {report['hook_name']}): "

@@ -1,9 +1,8 @@
-"""One resource: the validated config, the warehouse file, and the folder of intermediate artefacts."""
+"""One resource: the validated config, the warehouse file, its staged batches and figures."""
 
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,24 +67,30 @@ class SMDAResource(dg.ConfigurableResource):
         return Stage(self.files / "staging")
 
     @property
-    def artifacts(self) -> Path:
-        """Numeric state passed between assets (pickled core objects), in this warehouse's own folder."""
-        return self.files / "artifacts"
-
-    @property
     def plots(self) -> Path:
         """Where the `plots` asset and `smda plot` write the figures of this warehouse's views."""
         return self.files / "plots"
 
-    def save(self, name: str, obj: Any) -> None:
-        path = self.artifacts / f"{name}.pkl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps(obj))
-        tmp.replace(path)  # atomic: a crash never leaves half an artefact
+    def readout(self):
+        """The stored probe readout (`ProbeScores`, probes table, readout info), read back from DuckDB."""
+        from smda_core.store.tables import read_probe_readout
+        from smda_core.store.warehouse import session
 
-    def load(self, name: str) -> Any:
-        path = self.artifacts / f"{name}.pkl"
-        if not path.exists():
-            raise dg.Failure(f"{path} is missing: materialise the upstream asset first")
-        return pickle.loads(path.read_bytes())
+        with session(self.warehouse, read_only=True) as con:
+            return read_probe_readout(con)
+
+    def policy(self, scores=None):
+        """The policy of the stored readout, refitted (milliseconds, deterministic), checked against the stored one.
+
+        Nothing fitted is stored as an object: anyone who can write the warehouse folder could
+        otherwise make the next step run code (a pickle).
+        """
+        from smda_core.policy.fit import fit_policy
+        from smda_core.store.tables import check_stored_policy
+        from smda_core.store.warehouse import session
+
+        scores = scores if scores is not None else self.readout()[0]
+        policy = fit_policy(scores, self.config().policy)
+        with session(self.warehouse, read_only=True) as con:
+            check_stored_policy(con, policy)
+        return policy

@@ -3,6 +3,11 @@
 A config is a YAML file (or nothing: the embedded demo). Presets fill every field the
 user did not set, so `preset: paper` plus one override behaves as people expect.
 Unknown keys are errors that name the key and suggest the closest valid one.
+
+Each section is also the settings object of the step it configures (`PolicySettings` for the
+policy fit, `ShiftSettings` for a pair's step, `CurationSettings` for retraining): one model per
+concern, validated once, passed to the core as it is. Built directly (in a notebook or a test),
+a bad value raises :class:`ConfigError` naming the field.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from smda_core.errors import ConfigError
 
@@ -22,6 +28,18 @@ Position = Literal["end_of_turn", "last", "mean", "max"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            error = ConfigError(f"{type(self).__name__}: " + "; ".join(_messages(exc, type(self))))
+            error.details = exc.errors()  # nested in a config, the outer message names the full key
+            raise error from None
+
+    def replace(self, **changes: Any) -> Any:
+        """A validated copy with some fields changed (frozen models are never edited in place)."""
+        return type(self)(**{**self.model_dump(), **changes})
 
 
 class ModelSection(_Strict):
@@ -58,46 +76,71 @@ class BehaviourSection(_Strict):
     greedy_tokens: int = Field(4, gt=0, description="tokens decoded to derive `refused` when probes lack it")
 
 
-class PolicySection(_Strict):
-    selection: Literal["contrast", "correlation", "explicit"] = "contrast"
-    contrast_threshold: float = Field(0.1, ge=0)
-    max_features: int | None = Field(None, gt=0)
-    correlation_k: int = Field(32, gt=0)
-    min_active: int = Field(5, ge=1)
-    features: tuple[int, ...] | None = None
-    design: Literal["raw", "standardised"] = "standardised"
-    intercept: bool = True
-    lam: float | None = Field(None, gt=0, description="fixed λ; None = exact leave-one-out over lam_grid")
-    lam_grid: tuple[float, ...] | None = None
-    heldout_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+class PolicySettings(_Strict):
+    """Every choice of the symbolic policy (DESIGN §3): selection, design, ridge, held-out split, labels."""
+
+    selection: Literal["contrast", "correlation", "explicit"] = Field("contrast", description="contrast | correlation | explicit")
+    contrast_threshold: float = Field(0.1, ge=0, allow_inf_nan=False, description="|mean harmful − mean harmless| must exceed this")
+    max_features: int | None = Field(None, gt=0, description="keep the top-N by |contrast|; None = all above threshold")
+    correlation_k: int = Field(32, gt=0, description="number of features kept by |Pearson r| with y")
+    min_active: int = Field(5, ge=1, description="correlation: a feature must be non-zero on ≥ this many probes")
+    features: tuple[int, ...] | None = Field(None, description="explicit feature ids (selection=explicit)")
+    design: Literal["raw", "standardised"] = Field("standardised", description="raw activations or standardised with base mean/std")
+    intercept: bool = Field(True, description="fit an unpenalised intercept")
+    lam: float | None = Field(None, gt=0, allow_inf_nan=False, description="fixed λ; None = exact leave-one-out over lam_grid")
+    lam_grid: tuple[float, ...] | None = Field(None, description="λ grid for LOO; None = the default log grid")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="share of probes held out (stratified by category, refused)")
+    seed: int = Field(0, description="seed of the held-out split")
     labels_path: str | None = Field(None, description="Neuronpedia-style export (JSON/JSONL) of feature descriptions")
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "PolicySettings":
+        if self.selection == "explicit" and not self.features:
+            raise ValueError("features: selection='explicit' needs a non-empty list of feature ids")
+        if self.features is not None and (any(f < 0 for f in self.features) or len(set(self.features)) != len(self.features)):
+            raise ValueError("features: feature ids must be distinct integers ≥ 0")
+        if self.lam_grid is not None and (not self.lam_grid or not all(math.isfinite(v) and v > 0 for v in self.lam_grid)):
+            raise ValueError("lam_grid: must be a non-empty list of finite numbers > 0")
+        return self
 
-class ShiftSection(_Strict):
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "PolicySettings":
+        """The policy part of a named preset (`paper`, `default`), with overrides."""
+        return cls(**{**PRESETS[name]["policy"], **overrides})
+
+
+class ShiftSettings(_Strict):
+    """One pair's update (DESIGN §4 "Shift"): optimiser steps on the pair alone, then re-measure."""
+
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd: plain, no momentum, no clipping (the paper's)")
     lr: float = Field(1e-4, gt=0)
     steps: int = Field(1, ge=1)
     weight_decay: float = Field(0.0, ge=0)
     dtype: Literal["float32", "float64"] = Field("float64", description="measurement dtype (float64 where the model is small)")
-    delta_x: Literal["exact", "linearised"] = "exact"
-    batch_size: int = Field(64, gt=0)
+    delta_x: Literal["exact", "linearised"] = Field("exact", description="re-encode the new residuals, or the paper's linearisation")
+    batch_size: int = Field(64, gt=0, description="probes per forward pass when re-measuring")
 
 
-class AttributionSection(_Strict):
+class AttributionSettings(_Strict):
+    """Which Δβ estimates to compute, which one drives the scores, and the intended-features rule."""
+
     methods: tuple[Literal["refit", "linear"], ...] = ("refit", "linear")
     primary: Literal["refit", "linear"] = "refit"
     intended_top: int = Field(3, ge=1)
 
 
-class CurationSection(_Strict):
-    """Retraining for `smda curate` and `smda validate` (DESIGN §5)."""
+class CurationSettings(_Strict):
+    """Retraining for `smda curate` and `smda validate` (DESIGN §5): full SFT from the base weights.
+
+    The paper used 3 epochs, lr 2e-5, AdamW; a tiny model needs a larger lr.
+    """
 
     rule: str = Field("quantitative:alignment", description="quantitative[:SCORE] | flagged | lowest:SCORE:Q | oracle | sql:SELECT …")
     epochs: int = Field(3, ge=1)
     lr: float = Field(1e-3, gt=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     batch_size: int = Field(8, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
     n_random: int = Field(5, ge=1, description="random removals of the same size (the control)")
 
@@ -165,10 +208,10 @@ class SMDAConfig(_Strict):
     sae: SAESection = SAESection()
     features: FeatureSection = FeatureSection()
     behaviour: BehaviourSection = BehaviourSection()
-    policy: PolicySection = PolicySection()
-    shifts: ShiftSection = ShiftSection()
-    attribution: AttributionSection = AttributionSection()
-    curation: CurationSection = CurationSection()
+    policy: PolicySettings = PolicySettings()
+    shifts: ShiftSettings = ShiftSettings()
+    attribution: AttributionSettings = AttributionSettings()
+    curation: CurationSettings = CurationSettings()
     demo: DemoSection = DemoSection()
     data: DataSection = DataSection()
     watch: WatchSection = WatchSection()
@@ -210,6 +253,18 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _flatten(errors: list[dict], prefix: tuple = ()) -> list[dict]:
+    """Errors of nested sections (raised from their own constructor) under their full dotted key."""
+    out = []
+    for err in errors:
+        inner = getattr((err.get("ctx") or {}).get("error"), "details", None)
+        if inner is not None:
+            out += _flatten(inner, prefix + tuple(err["loc"]))
+        else:
+            out.append({**err, "loc": prefix + tuple(err["loc"])})
+    return out
+
+
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
@@ -229,17 +284,23 @@ def build_config(raw: dict[str, Any] | None = None, *, source: str = "config") -
     try:
         return SMDAConfig.model_validate(merged)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            dotted = ".".join(str(p) for p in loc)
-            if err["type"] == "extra_forbidden":
-                close = difflib.get_close_matches(str(loc[-1]), _valid_keys(SMDAConfig, loc), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                lines.append(f"unknown key '{dotted}'{hint}")
-            else:
-                lines.append(f"'{dotted}': {err['msg']}")
-        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+        raise ConfigError(f"{source}: " + "; ".join(_messages(exc, SMDAConfig))) from None
+
+
+def _messages(exc: ValidationError, model: type[BaseModel]) -> list[str]:
+    """One line per error, naming the dotted key; an unknown key gets the closest valid one."""
+    lines = []
+    for err in _flatten(exc.errors()):
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _valid_keys(model, loc), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            lines.append(f"unknown key '{dotted}'{hint}")
+        else:
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"'{dotted}': {msg}" if dotted else msg)
+    return lines
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> SMDAConfig:

@@ -18,22 +18,22 @@ def demo_config(**demo):
 
 
 @pytest.fixture(scope="session")
-def world():
-    """The default-recipe demo world, loaded (model, tokenizer, SAE, probes)."""
-    from smda_core.api import load_world
+def runtime():
+    """The default-recipe demo world's model runtime (model, tokenizer, SAE, tokenised probes)."""
+    from smda_core.api import load_runtime
 
-    return load_world(demo_config(), progress=False)
+    return load_runtime(demo_config(), progress=False)
 
 
 @pytest.fixture(scope="session")
-def probe_scores(world):
+def probe_scores(runtime):
     from smda_core.api import measure_probes
 
-    return measure_probes(world, progress=False)
+    return measure_probes(runtime, progress=False)
 
 
 @pytest.fixture(scope="session")
-def policy(world, probe_scores):
+def policy(runtime, probe_scores):
     from smda_core.api import fit_policy
 
-    return fit_policy(world, probe_scores)
+    return fit_policy(probe_scores, runtime.config.policy)

@@ -33,13 +33,13 @@ CONTRACT = {
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, world):
+def built(tmp_path_factory, runtime):
     """A config with a small SFT file (6 pairs of the demo set), materialised by Dagster into a temp warehouse."""
     from smda_assets.run import materialize_all
-    from smda_core.api import world_sources
+    from smda_core.sources import resolve_sources
 
     tmp = tmp_path_factory.mktemp("wh")
-    demo_pairs = [json.loads(l) for l in open(world_sources(world.config, progress=False)["sft"][0])]
+    demo_pairs = [json.loads(l) for l in open(resolve_sources(runtime.config, progress=False).sft[0])]
     small = tmp / "sft" / "batch_a.jsonl"
     inputs.write_jsonl(small, demo_pairs[:24])
     cfg = tmp / "smda.yaml"
@@ -67,7 +67,7 @@ def test_rematerialising_replaces_rows(built):
     assert row_counts(wh) == before
 
 
-def test_views_equal_a_direct_smda_core_computation(built, world, probe_scores, policy):
+def test_views_equal_a_direct_smda_core_computation(built, runtime, probe_scores, policy):
     from smda_core.api import attribute, measure_shifts
 
     _, wh, small, batches = built
@@ -76,7 +76,7 @@ def test_views_equal_a_direct_smda_core_computation(built, world, probe_scores, 
     np.testing.assert_allclose([got[f] for f in policy.feature_ids], policy.coef, rtol=1e-9)
 
     pairs = inputs.read_sft_pairs(small, batch_id=batches[0]).slice(0, 1)
-    attr = attribute(world, policy, probe_scores, measure_shifts(world, policy, pairs, progress=False), pairs)
+    attr = attribute(policy, probe_scores, measure_shifts(runtime, policy, pairs, progress=False), pairs, runtime.config)
     for method, split in attr.splits.items():
         rows = query(wh, "SELECT feature_id, delta_beta, via_x, via_y FROM smda.v_pair_attribution WHERE pair_id = ? AND method = ?",
                      [pairs["pair_id"][0].as_py(), method]).to_pylist()
@@ -115,10 +115,11 @@ def test_query_prints_bracketed_labels_verbatim(built):
 
 
 def test_lds_of_every_method_and_the_peer_is_stored_on_the_same_subsets(built):
-    from smda_assets.validate import run_lds
+    from smda_assets.experiments import lds
+    from smda_assets.resources import SMDAResource
 
     cfg, wh, _, _ = built
-    table = run_lds(str(cfg), None, subsets=4, fraction=0.5, progress=False)
+    table = lds(SMDAResource(config_path=str(cfg)), subsets=4, fraction=0.5, progress=False)
     methods = set(table["method"].to_pylist())
     assert {"refit", "linear", "measured_shift", "dattri_tracin"} <= methods
     stored = query(wh, "SELECT * FROM smda.v_validation WHERE \"check\" = 'lds'")
@@ -173,12 +174,13 @@ def test_plots_are_drawn_from_the_views_they_name(built, tmp_path):
     assert {p.stem for p in tmp_path.glob("*.png")} == set(QUERIES)
 
 
-def test_two_warehouses_in_one_folder_keep_their_own_artefacts_and_batches(tmp_path):
-    """The demo's warehouse and a real model's sit side by side in warehouse/: one must not read the other's policy."""
+def test_two_warehouses_in_one_folder_keep_their_own_staged_batches(tmp_path):
+    """The demo's warehouse and a real model's sit side by side in warehouse/: one must not read the other's batches."""
     from smda_assets.resources import SMDAResource
 
     demo, real = (SMDAResource(warehouse_path=str(tmp_path / name)) for name in ("warehouse.duckdb", "smollm2.duckdb"))
-    demo.save("policy", {"model": "demo"})
-    real.save("policy", {"model": "smollm2"})
-    assert demo.load("policy") == {"model": "demo"} and real.load("policy") == {"model": "smollm2"}
+    demo.stage.save_json("batch-0000", "source", {"model": "demo"})
+    real.stage.save_json("batch-0000", "source", {"model": "smollm2"})
+    assert demo.stage.load_json("batch-0000", "source") == {"model": "demo"}
+    assert real.stage.load_json("batch-0000", "source") == {"model": "smollm2"}
     assert demo.stage.folder("batch-0000") != real.stage.folder("batch-0000")

@@ -11,7 +11,8 @@ from smda_core.attribution.separation import bad_pair_auc
 from smda_core.attribution.interference import count_active_flips, default_intended, interference
 from smda_core.attribution.pathways import delta_beta_linear, delta_beta_refit
 from smda_core.errors import ConfigError, InputError
-from smda_core.policy.fit import Policy, PolicySettings, fit_policy_arrays
+from smda_core.config import PolicySettings
+from smda_core.policy.fit import Policy, fit_policy_arrays
 
 FEATURES = (3, 0, 5, 1, 4, 2)
 VARIANTS = [("raw", False), ("raw", True), ("standardised", False), ("standardised", True)]

@@ -8,23 +8,24 @@ import torch
 
 from smda_core.experiments import curation
 from smda_core.api import read_pairs
+from smda_core.config import CurationSettings
 from smda_core.errors import SMDAError
 
 
 @pytest.fixture(scope="module")
-def setup(world, probe_scores, policy):
-    pairs = read_pairs(world)
+def setup(runtime, probe_scores, policy):
+    pairs = read_pairs(runtime.sources, runtime.probes, runtime.config)
     rows = list(zip(pairs["pair_id"].to_pylist(), pairs["prompt"].to_pylist(), pairs["response"].to_pylist()))
     kinds = np.asarray(pairs["kind"].to_pylist())
     oracle = np.asarray(pairs["pair_id"].to_pylist())[np.isin(kinds, curation.BAD_KINDS)].tolist()
-    ev = curation.eval_set(world, policy.heldout, probe_scores.harmful, probe_scores.category)
+    ev = curation.eval_set(runtime, policy.heldout, probe_scores.harmful, probe_scores.category)
     return rows, oracle, ev
 
 
-def test_oracle_curation_beats_full_sft_and_random_removal(world, setup):
+def test_oracle_curation_beats_full_sft_and_random_removal(runtime, setup):
     rows, oracle, ev = setup
-    before = {k: v.clone() for k, v in world.model.state_dict().items()}
-    variants = curation.run_curation(world.model, world.tokenizer, world.sae, ev, rows, oracle, oracle=oracle, n_random=3,
+    before = {k: v.clone() for k, v in runtime.model.state_dict().items()}
+    variants = curation.run_curation(runtime.model, runtime.tokenizer, runtime.sae, ev, rows, oracle, oracle=oracle, n_random=3,
                                      progress=False)
     by = {v.variant: v.metrics for v in variants}
     random_f1 = np.mean([v.metrics["f1"] for v in variants if v.variant.startswith("random_seed_")])
@@ -32,18 +33,18 @@ def test_oracle_curation_beats_full_sft_and_random_removal(world, setup):
     assert by["oracle"]["f1"] > random_f1
     cmp = curation.comparison(variants, set(oracle))
     assert cmp["share_of_oracle_gain"] == pytest.approx(1.0) and cmp["drop_precision"] == 1.0 and cmp["drop_recall"] == 1.0
-    assert all(torch.equal(before[k], v) for k, v in world.model.state_dict().items()), "the base model was modified"
+    assert all(torch.equal(before[k], v) for k, v in runtime.model.state_dict().items()), "the base model was modified"
 
 
-def test_retraining_with_the_same_seed_is_bit_identical(world, setup):
+def test_retraining_with_the_same_seed_is_bit_identical(runtime, setup):
     rows, _, ev = setup
     pairs = [(p, r) for _, p, r in rows[:40]]
-    settings = curation.RetrainSettings(epochs=1)
-    a = curation.evaluate(curation.retrain(world.model, world.tokenizer, pairs, settings), world.sae, ev)
-    b = curation.evaluate(curation.retrain(world.model, world.tokenizer, pairs, settings), world.sae, ev)
+    settings = CurationSettings(epochs=1)
+    a = curation.evaluate(curation.retrain(runtime.model, runtime.tokenizer, pairs, settings), runtime.sae, ev)
+    b = curation.evaluate(curation.retrain(runtime.model, runtime.tokenizer, pairs, settings), runtime.sae, ev)
     assert a == b
-    c = curation.evaluate(curation.retrain(world.model, world.tokenizer, pairs, curation.RetrainSettings(epochs=1, seed=1)),
-                          world.sae, ev)
+    c = curation.evaluate(curation.retrain(runtime.model, runtime.tokenizer, pairs, CurationSettings(epochs=1, seed=1)),
+                          runtime.sae, ev)
     assert c != a
 
 

@@ -30,9 +30,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_sources():
-    from smda_core.api import world_sources
+    from smda_core.sources import resolve_sources
 
-    return world_sources(demo_config(), progress=False)
+    return resolve_sources(demo_config(), progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from smda_core.errors import ConfigError, InputError
-from smda_core.policy.fit import PolicySettings, best_threshold, default_settings, fit_policy_arrays, paper_settings, stratified_split
+from smda_core.config import PolicySettings
+from smda_core.policy.fit import best_threshold, fit_policy_arrays, stratified_split
 from smda_core.policy.design import Standardiser, design_matrix
 from smda_core.policy.formula import render_formula
 from smda_core.policy.selection import select_features
@@ -107,12 +108,12 @@ def test_settings_validate_and_presets() -> None:
     with pytest.raises(ConfigError, match="features"):
         PolicySettings(selection="explicit")
     with pytest.raises(ConfigError, match="heldout_fraction"):
-        dataclasses.replace(default_settings(), heldout_fraction=1.5)
-    p = paper_settings()
+        PolicySettings.preset("default").replace(heldout_fraction=1.5)
+    p = PolicySettings.preset("paper")
     assert (p.selection, p.contrast_threshold, p.design, p.intercept, p.lam, p.max_features) == ("contrast", 0.1, "raw", False, 5.0, None)
-    d = default_settings()
+    d = PolicySettings.preset("default")
     assert (d.selection, d.contrast_threshold, d.design, d.intercept, d.lam, d.max_features) == ("contrast", 0.1, "standardised", True, None, 64)
-    assert paper_settings(lam=2.0).lam == 2.0
+    assert PolicySettings.preset("paper", lam=2.0).lam == 2.0
 
 
 def test_stratified_split_is_stratified_and_deterministic() -> None:
@@ -153,7 +154,7 @@ def policy_world(n: int = 200, seed: int = 0):
 @pytest.mark.parametrize("preset", ["paper", "default"])
 def test_fit_policy_matches_sklearn_and_beats_baseline(preset: str) -> None:
     X, harmful, y, refused, category = policy_world()
-    settings = paper_settings() if preset == "paper" else default_settings(max_features=8)
+    settings = PolicySettings.preset(preset) if preset == "paper" else PolicySettings.preset("default", max_features=8)
     pol = fit_policy_arrays(*to_coo(X), X.shape[0], harmful=harmful, y=y, refused=refused, category=category, settings=settings)
     Xs = X[:, pol.feature_ids]
     np.testing.assert_array_equal(pol.X, Xs)
@@ -181,7 +182,7 @@ def test_fit_policy_matches_sklearn_and_beats_baseline(preset: str) -> None:
 
 def test_loo_r2_at_fixed_lambda_equals_explicit_refits() -> None:
     X, harmful, y, refused, category = policy_world(n=80, seed=2)
-    settings = default_settings(lam=1.5, max_features=6)
+    settings = PolicySettings.preset("default", lam=1.5, max_features=6)
     pol = fit_policy_arrays(*to_coo(X), X.shape[0], harmful=harmful, y=y, refused=refused, category=category, settings=settings)
     Z = pol.Z
     pred = np.empty(len(y))

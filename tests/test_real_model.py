@@ -49,7 +49,7 @@ def _greedy(model, tokenizer, prompt: str, n: int = 24) -> list[int]:
 def test_converted_model_answers_like_the_gguf(small_world):
     """Greedy answer of the cached fp32 folder = that of the GGUF loaded directly by transformers."""
     from smda_core.worlds.real.gguf import load_gguf, packaged_gguf
-    from smda_core.model.runtime import load_model
+    from smda_core.model.loading import load_model
 
     converted, tok = load_model(small_world["base_model"])
     direct, tok_direct = load_gguf(packaged_gguf())
@@ -62,7 +62,7 @@ def test_converted_model_answers_like_the_gguf(small_world):
 
 def test_refusal_openings_are_token_sequences_of_the_real_tokenizer(small_world):
     from smda_core.model.chat import encode_openings, encode_pair
-    from smda_core.model.runtime import load_model
+    from smda_core.model.loading import load_model
 
     _, tok = load_model(small_world["model"])
     openings = encode_openings(tok, tuple(small_world["refusal_openings"]))

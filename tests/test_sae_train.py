@@ -15,7 +15,7 @@ SETTINGS = {"d_sae": 256, "k": 8, "n_tokens": 6000, "eval_tokens": 1200, "chunk_
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from smda_core.model.sae_training import train_sae_from_config
+    from smda_core.api import train_sae as train_sae_from_config
 
     cfg = demo_config().model_copy(update={"sae_training": demo_config(
     ).sae_training.model_copy(update={**SETTINGS, "cache_dir": str(tmp_path_factory.mktemp("sae"))})})
@@ -36,7 +36,7 @@ def test_saved_sae_loads_with_sae_lens(trained):
 def test_second_call_is_cached(trained):
     import time
 
-    from smda_core.model.sae_training import train_sae_from_config
+    from smda_core.api import train_sae as train_sae_from_config
 
     cfg, path, report = trained
     t0 = time.perf_counter()
@@ -50,7 +50,7 @@ def test_reported_explained_variance_is_recomputed_from_fresh_activations(traine
     from sae_lens import SAE
 
     from smda_core.worlds.demo.build import ensure_demo_world
-    from smda_core.model.runtime import capture_residual, load_model
+    from smda_core.model.loading import capture_residual, load_model
     from smda_core.model.sae_training import _encode_corpus, read_corpus
 
     cfg, path, report = trained
@@ -83,7 +83,7 @@ def test_reported_explained_variance_is_recomputed_from_fresh_activations(traine
 def test_other_architectures_train_and_load(tmp_path, architecture):
     from sae_lens import SAE
 
-    from smda_core.model.sae_training import train_sae_from_config
+    from smda_core.api import train_sae as train_sae_from_config
 
     base = demo_config()
     cfg = base.model_copy(update={"sae_training": base.sae_training.model_copy(
@@ -99,7 +99,7 @@ def test_interrupted_training_resumes_bit_for_bit(tmp_path):
     from safetensors.torch import load_file
 
     from smda_core.worlds.demo.build import ensure_demo_world
-    from smda_core.model.runtime import load_model
+    from smda_core.model.loading import load_model
     from smda_core.model.sae_training import SAETrainSpec, TrainingPaused, read_corpus, train_sae_on_model
 
     paths = ensure_demo_world(demo_config().demo, progress=False)

@@ -11,17 +11,18 @@ import torch
 from smda_core.api import attribute, measure_shifts, read_pairs
 from smda_core.attribution.pathways import delta_beta_linear, delta_beta_refit
 from smda_core.errors import SMDAError
-from smda_core.model.shifts import ProbeSetup, ShiftSettings, measure_pair_shifts
+from smda_core.config import ShiftSettings
+from smda_core.model.shifts import ProbeSetup, measure_pair_shifts
 
 
-def _setup(world, n_probes=None):
-    prompts = world.encoded if n_probes is None else world.encoded[:n_probes]
-    return ProbeSetup(prompts, world.refusal_openings, (), "log_refusal", "end_of_turn", world.hook_layer,
-                      world.tokenizer.pad_token_id)
+def _setup(runtime, n_probes=None):
+    prompts = runtime.encoded if n_probes is None else runtime.encoded[:n_probes]
+    return ProbeSetup(prompts, runtime.refusal_openings, (), "log_refusal", "end_of_turn", runtime.hook_layer,
+                      runtime.tokenizer.pad_token_id)
 
 
-def _pairs(world, n):
-    t = read_pairs(world).slice(0, n)
+def _pairs(runtime, n):
+    t = read_pairs(runtime.sources, runtime.probes, runtime.config).slice(0, n)
     return list(zip(t["pair_id"].to_pylist(), t["prompt"].to_pylist(), t["response"].to_pylist()))
 
 
@@ -33,12 +34,12 @@ def _same_bits(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_weights_restored_bit_for_bit_also_after_a_failure_mid_step(world, policy):
-    before = _state(world.model)
+def test_weights_restored_bit_for_bit_also_after_a_failure_mid_step(runtime, policy):
+    before = _state(runtime.model)
     settings = ShiftSettings(dtype="float32", lr=1e-2)  # float32 = in place on the loaded model
-    measure_pair_shifts(world.model, world.tokenizer, world.sae, _setup(world, 20), policy.feature_ids,
-                        _pairs(world, 3), settings, progress=False)
-    assert _same_bits(before, _state(world.model))
+    measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, _setup(runtime, 20), policy.feature_ids,
+                        _pairs(runtime, 3), settings, progress=False)
+    assert _same_bits(before, _state(runtime.model))
 
     def explode(optimizer, args, kwargs):  # after the optimiser changed the weights
         raise RuntimeError("injected failure after the step")
@@ -48,12 +49,12 @@ def test_weights_restored_bit_for_bit_also_after_a_failure_mid_step(world, polic
     handle = register_optimizer_step_post_hook(explode)
     try:
         with pytest.raises(RuntimeError, match="injected failure"):
-            measure_pair_shifts(world.model, world.tokenizer, world.sae, _setup(world, 20), policy.feature_ids,
-                                _pairs(world, 2), settings, progress=False)
+            measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, _setup(runtime, 20), policy.feature_ids,
+                                _pairs(runtime, 2), settings, progress=False)
     finally:
         handle.remove()
-    assert _same_bits(before, _state(world.model))
-    assert all(p.grad is None for p in world.model.parameters())
+    assert _same_bits(before, _state(runtime.model))
+    assert all(p.grad is None for p in runtime.model.parameters())
 
 
 @torch.no_grad()
@@ -66,19 +67,19 @@ def _refusal_logp(model, ids, openings):
     return float(np.logaddexp.reduce(total))
 
 
-def test_delta_y_equals_an_independent_fine_tune(world, policy):
+def test_delta_y_equals_an_independent_fine_tune(runtime, policy):
     """Fine-tune a float64 copy by hand (response-token cross-entropy, p -= lr·grad) and re-score."""
     lr = 1e-2
-    pair = _pairs(world, 1)
-    setup = _setup(world, 8)
-    shifts = measure_pair_shifts(world.model, world.tokenizer, world.sae, setup, policy.feature_ids, pair,
+    pair = _pairs(runtime, 1)
+    setup = _setup(runtime, 8)
+    shifts = measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, setup, policy.feature_ids, pair,
                                  ShiftSettings(lr=lr, dtype="float64"), progress=False)
-    ref = copy.deepcopy(world.model).to(torch.float64)
+    ref = copy.deepcopy(runtime.model).to(torch.float64)
     msgs = [{"role": "user", "content": pair[0][1]}, {"role": "assistant", "content": pair[0][2]}]
-    full = world.tokenizer(world.tokenizer.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)["input_ids"]
-    n_prompt = len(world.tokenizer(world.tokenizer.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True),
+    full = runtime.tokenizer(runtime.tokenizer.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)["input_ids"]
+    n_prompt = len(runtime.tokenizer(runtime.tokenizer.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True),
                                    add_special_tokens=False)["input_ids"])
-    before = [_refusal_logp(ref, p.input_ids, world.refusal_openings) for p in setup.prompts]
+    before = [_refusal_logp(ref, p.input_ids, runtime.refusal_openings) for p in setup.prompts]
     logits = ref(input_ids=torch.tensor([full])).logits[0]
     targets = torch.tensor(full[n_prompt:])
     loss = torch.nn.functional.cross_entropy(logits[n_prompt - 1: len(full) - 1], targets)
@@ -86,19 +87,19 @@ def test_delta_y_equals_an_independent_fine_tune(world, policy):
     with torch.no_grad():
         for p in ref.parameters():
             p -= lr * p.grad
-    after = [_refusal_logp(ref, p.input_ids, world.refusal_openings) for p in setup.prompts]
+    after = [_refusal_logp(ref, p.input_ids, runtime.refusal_openings) for p in setup.prompts]
     np.testing.assert_allclose(shifts.dY[0], np.subtract(after, before), rtol=1e-7, atol=1e-10)
     assert np.abs(shifts.dY[0]).max() > 1e-4  # the step did move the behaviour
 
 
-def test_linearised_dx_and_linear_attribution_approach_exact_as_lr_shrinks(world, policy):
+def test_linearised_dx_and_linear_attribution_approach_exact_as_lr_shrinks(runtime, policy):
     """Within one TopK active set the encoder is linear in h, so linearised ΔX equals exact ΔX up
     to rounding; they differ only where a feature entered or left the top k (a finite jump), and
     those flips must vanish as lr shrinks. Linear Δβ then converges to refit Δβ."""
-    pairs = _pairs(world, 4)
+    pairs = _pairs(runtime, 4)
     dx_gaps, beta_gaps, flips = [], [], []
     for lr in (1e-2, 1e-3, 1e-4):
-        s = measure_pair_shifts(world.model, world.tokenizer, world.sae, _setup(world), policy.feature_ids, pairs,
+        s = measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, _setup(runtime), policy.feature_ids, pairs,
                                 ShiftSettings(lr=lr), progress=False)
         kept = (s.X_base > 0)[None] == ((s.X_base + s.dX_exact) > 0)
         flips.append(int(s.active_flips.sum()))
@@ -116,16 +117,16 @@ def test_linearised_dx_and_linear_attribution_approach_exact_as_lr_shrinks(world
 
 
 @pytest.fixture(scope="module")
-def kind_sample(world, probe_scores, policy):
+def kind_sample(runtime, probe_scores, policy):
     """All the bad pairs and as many good ones of each kind: what the kind-level checks need."""
-    pairs = read_pairs(world)
+    pairs = read_pairs(runtime.sources, runtime.probes, runtime.config)
     kinds = np.array(pairs["kind"].to_pylist())
     take = []
     for kind in ("harmful_compliance", "harmless_refusal", "harmful_refusal", "harmless_compliance"):
         take += list(np.flatnonzero(kinds == kind)[:12])
     sample = pairs.take(sorted(take))
-    shifts = measure_shifts(world, policy, sample, progress=False)
-    attr = attribute(world, policy, probe_scores, shifts, sample)
+    shifts = measure_shifts(runtime, policy, sample, progress=False)
+    attr = attribute(policy, probe_scores, shifts, sample, runtime.config)
     return sample, shifts, attr
 
 
@@ -140,8 +141,8 @@ def test_pair_kinds_move_refusal_the_way_they_teach(kind_sample):
     assert summary["flagged"].any()
 
 
-def test_a_non_finite_loss_is_an_error_naming_the_pair(world, policy):
+def test_a_non_finite_loss_is_an_error_naming_the_pair(runtime, policy):
     settings = ShiftSettings(lr=1e30, steps=3, dtype="float32")
     with pytest.raises(SMDAError, match="pair"):
-        measure_pair_shifts(world.model, world.tokenizer, world.sae, _setup(world, 4), policy.feature_ids,
-                            _pairs(world, 1), settings, progress=False)
+        measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, _setup(runtime, 4), policy.feature_ids,
+                            _pairs(runtime, 1), settings, progress=False)

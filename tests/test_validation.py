@@ -8,6 +8,7 @@ from scipy.stats import spearmanr
 
 from smda_core.experiments import lds as validation
 from smda_core.attribution.separation import spearman
+from smda_core.experiments.stability import matched_cosines, stability as stability_rows
 
 
 def test_spearman_equals_scipy_with_ties():
@@ -36,7 +37,7 @@ def test_matched_cosines_find_permuted_and_rescaled_directions():
     rng = np.random.default_rng(2)
     a = rng.normal(size=(6, 16))
     b = -3.0 * a[[3, 1, 5, 0, 2, 4]]
-    np.testing.assert_allclose(validation.matched_cosines(a, b), 1.0)
+    np.testing.assert_allclose(matched_cosines(a, b), 1.0)
 
 
 def test_sae_training_is_bit_identical_for_a_seed():
@@ -54,16 +55,17 @@ def test_sae_training_is_bit_identical_for_a_seed():
     assert not torch.equal(a.W_dec, c.W_dec)
 
 
-def test_stability_across_sae_seeds_stores_figures_equal_to_an_independent_computation(tmp_path, world):
+def test_stability_across_sae_seeds_stores_figures_equal_to_an_independent_computation(tmp_path, runtime):
     import yaml
 
     from conftest import CACHE
-    from smda_assets.validate import run_stability
+    from smda_assets.experiments import stability
+    from smda_assets.resources import SMDAResource
     from smda_core.store.warehouse import query
 
     cfg = tmp_path / "smda.yaml"
     cfg.write_text(yaml.safe_dump({"demo": {"cache_dir": CACHE}, "warehouse": str(tmp_path / "warehouse.duckdb")}))
-    table, runs = run_stability(str(cfg), None, sae_seeds=3, n_pairs=12, progress=False)
+    table, runs = stability(SMDAResource(config_path=str(cfg)), sae_seeds=3, n_pairs=12, progress=False)
     stored = {r["score"]: r for r in query(tmp_path / "warehouse.duckdb",
                                            "SELECT * FROM smda.v_validation WHERE \"check\" = 'stability'").to_pylist()}
     for score in ("alignment_refit", "alignment_linear"):
@@ -73,5 +75,5 @@ def test_stability_across_sae_seeds_stores_figures_equal_to_an_independent_compu
     r2 = [r.r2 for r in runs]
     assert stored["r2_spread"]["spearman"] == pytest.approx(max(r2) - min(r2))
     # the same seed twice agrees exactly
-    same = validation.stability([runs[0], runs[0]], np.zeros(12, bool), np.ones(12, bool))
+    same = stability_rows([runs[0], runs[0]], np.zeros(12, bool), np.ones(12, bool))
     assert all(r["value"] == pytest.approx(1.0) or r["score"].endswith("_spread") and r["value"] == 0 for r in same)

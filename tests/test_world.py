@@ -10,7 +10,7 @@ from conftest import demo_config
 from smda_core.worlds.demo import recipe
 
 
-def _world_checks(world, probes, policy, planted: str) -> None:
+def _world_checks(runtime, probes, policy, planted: str) -> None:
     p, harmful, cat = probes.refusal_prob, probes.harmful, probes.category
     harmful_kept = harmful & (cat != planted)
     assert p[harmful_kept].mean() >= 0.8
@@ -24,19 +24,19 @@ def _world_checks(world, probes, policy, planted: str) -> None:
     assert policy.accuracy - policy.majority_baseline >= 0.15
 
 
-def test_default_recipe_world(world, probe_scores, policy):
-    assert len(world.probes) >= 400
-    assert len(set(world.probes["category"].to_pylist())) >= 10
-    _world_checks(world, probe_scores, policy, planted=demo_config().demo.planted_category)
+def test_default_recipe_world(runtime, probe_scores, policy):
+    assert len(runtime.probes) >= 400
+    assert len(set(runtime.probes["category"].to_pylist())) >= 10
+    _world_checks(runtime, probe_scores, policy, planted=demo_config().demo.planted_category)
 
 
 def test_second_recipe_other_seed_and_planted_category():
-    from smda_core.api import fit_policy, load_world, measure_probes
+    from smda_core.api import fit_policy, load_runtime, measure_probes
 
     cfg = demo_config(seed=1, planted_category="drugs")
-    w = load_world(cfg, progress=False)
+    w = load_runtime(cfg, progress=False)
     probes = measure_probes(w, progress=False)
-    _world_checks(w, probes, fit_policy(w, probes), planted="drugs")
+    _world_checks(w, probes, fit_policy(probes, cfg.policy), planted="drugs")
 
 
 def test_probes_pairs_and_corpus_are_worded_apart():
@@ -57,10 +57,11 @@ def test_policy_on_demo_features_equals_sklearn(probe_scores, policy):
     np.testing.assert_allclose(policy.coef, cv.coef_, rtol=1e-6, atol=1e-10)
     assert policy.intercept == pytest.approx(cv.intercept_, rel=1e-6)
     # and the paper's setting: raw design, no intercept, λ = 5
-    from smda_core.policy.fit import fit_policy_arrays, paper_settings
+    from smda_core.config import PolicySettings
+    from smda_core.policy.fit import fit_policy_arrays
 
     paper = fit_policy_arrays(probe_scores.coo_probe, probe_scores.coo_feature, probe_scores.coo_value,
                               len(probe_scores.probe_ids), harmful=probe_scores.harmful, y=y,
-                              refused=probe_scores.refused, category=probe_scores.category, settings=paper_settings())
+                              refused=probe_scores.refused, category=probe_scores.category, settings=PolicySettings.preset("paper"))
     ref = Ridge(alpha=5.0, fit_intercept=False).fit(paper.X, y)
     np.testing.assert_allclose(paper.coef, ref.coef_, rtol=1e-6, atol=1e-10)

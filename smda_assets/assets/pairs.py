@@ -19,8 +19,8 @@ PAIR_TABLES = ["pair_attribution", "pair_summary", "pair_group_effects", "pair_g
           description="SFT pairs of one batch with every metadata field they arrived with, checked against the probes")
 def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
     from smda_core import inputs
-    from smda_core.api import world_sources
     from smda_core.inputs.batches import find_batch
+    from smda_core.sources import resolve_sources
 
     cfg = smda.config()
     batch = context.partition_key
@@ -29,10 +29,10 @@ def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mater
         raise dg.Failure(f"batch {batch}: no SFT file holds this content now (it was changed or removed); "
                          f"its staged copy, if any, is in {smda.stage.folder(batch)}")
     pairs = inputs.read_sft_pairs(source.path, batch_id=batch)  # errors name the file, line and field
-    probes = inputs.read_probes(world_sources(cfg, progress=False)["probes"])
+    probes = inputs.read_probes(resolve_sources(cfg, progress=False).probes)
     overlap = inputs.check_overlap(probes, pairs, allow=cfg.data.allow_probe_overlap)
     smda.stage.write_table(batch, "sft_pairs", pairs)
-    smda.stage.save(batch, "source", {"source_file": str(source.path), "content_hash": source.content_hash})
+    smda.stage.save_json(batch, "source", {"source_file": str(source.path), "content_hash": source.content_hash})
     context.log.info(f"batch {batch}: {pairs.num_rows} pairs from {source.path}")
     return dg.MaterializeResult(metadata=table_metadata(pairs, source_file=str(source.path), probe_overlap=overlap.num_rows),
                                 data_version=dg.DataVersion(source.content_hash[:16]))
@@ -42,13 +42,13 @@ def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mater
           automation_condition=EAGER,
           description="ΔX, ΔY of every pair over every probe after one optimiser step on that pair")
 def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
-    from smda_core.api import load_world, measure_shifts
+    from smda_core.api import load_runtime, measure_shifts
 
     batch = context.partition_key
     pairs = smda.stage.read_table(batch, "sft_pairs")
-    world = load_world(smda.config(), progress=False)
-    shifts = measure_shifts(world, smda.load("policy"), pairs)
-    smda.stage.save(batch, "shifts", shifts)
+    policy = smda.policy()
+    shifts = measure_shifts(load_runtime(smda.config(), progress=False), policy, pairs)
+    smda.stage.save_shifts(batch, shifts)
     context.log.info(f"{len(shifts.pair_ids)} pairs, {shifts.seconds.mean():.2f} s per pair")
     return dg.MaterializeResult(metadata={"pairs": len(shifts.pair_ids), "seconds_per_pair": float(shifts.seconds.mean()),
                                           "dtype": shifts.settings.dtype})
@@ -66,20 +66,20 @@ def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mat
     can_subset=False,
 )
 def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
-    from smda_core.api import attribute, load_world
+    from smda_core.api import attribute
     from smda_core.store.tables import pair_tables
 
     cfg = smda.config()
     batch = context.partition_key
-    policy, scores = smda.load("policy"), smda.load("probe_scores")
-    shifts = smda.stage.load(batch, "shifts")
+    scores = smda.readout()[0]
+    policy = smda.policy(scores)
+    shifts = smda.stage.load_shifts(batch)
     pairs = smda.stage.read_table(batch, "sft_pairs")
-    world = load_world(cfg, progress=False)
-    attr = attribute(world, policy, scores, shifts, pairs)
+    attr = attribute(policy, scores, shifts, pairs, cfg)
     tables = pair_tables(batch, shifts, attr, policy, list(scores.probe_ids), delta_x=cfg.shifts.delta_x)
     for name in PAIR_TABLES:
         smda.stage.write_table(batch, name, tables[name])
-    source = smda.stage.load(batch, "source")
+    source = smda.stage.load_json(batch, "source")
     smda.stage.commit(batch, ["sft_pairs", *PAIR_TABLES], source_file=source["source_file"],
                       content_hash=source["content_hash"], n_pairs=pairs.num_rows)
     summary = tables["pair_summary"].to_pandas()

@@ -23,19 +23,22 @@ READOUT_INPUTS = ["model_files", "sae_files", "probe_file", "readout_settings"]
 )
 def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     """Load model + SAE, read every probe once: features at the configured position and behaviour."""
-    from smda_core.api import load_world, measure_probes
+    from smda_core.api import load_runtime, measure_probes
     from smda_core.store.tables import probe_tables
     from smda_core.store.versions import input_versions, readout_version
 
-    version = dg.DataVersion(readout_version(input_versions(smda.config())))
-    world = load_world(smda.config())
-    context.log.info(f"model {world.model_name}, SAE {world.sae_name}, hook {world.hook_name}, {len(world.probes)} probes")
-    scores = measure_probes(world)
-    tables = probe_tables(world.probes, scores)
+    cfg = smda.config()
+    version = dg.DataVersion(readout_version(input_versions(cfg)))
+    runtime = load_runtime(cfg)
+    context.log.info(f"model {runtime.sources.model_name}, SAE {runtime.sources.sae_name}, hook {runtime.hook_name}, "
+                     f"{runtime.probes.num_rows} probes")
+    scores = measure_probes(runtime)
+    info = {"model": runtime.sources.model_name, "sae": runtime.sources.sae_name, "hook": runtime.hook_name,
+            "position": cfg.features.position, "behaviour": cfg.behaviour.kind, "dtype": cfg.model.dtype}
+    tables = probe_tables(runtime.probes, scores, info)
     smda.write(tables)
-    smda.save("probe_scores", scores)
-    for name, table in tables.items():
-        yield dg.MaterializeResult(asset_key=name, metadata=table_metadata(table), data_version=version)
+    for name in ("probes", "features", "behaviour_scores"):
+        yield dg.MaterializeResult(asset_key=name, metadata=table_metadata(tables[name]), data_version=version)
 
 
 @dg.multi_asset(
@@ -51,23 +54,22 @@ def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     can_subset=False,
 )
 def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
-    """Fit the policy on the stored probe readout, label its features, render the formula."""
-    from smda_core.api import feature_labels, fit_policy, formula, load_world
+    """Fit the policy on the stored probe readout, label its features, render the formula (no model loaded)."""
+    from smda_core.api import feature_labels, formula
+    from smda_core.policy.fit import fit_policy
     from smda_core.store.tables import policy_tables
     from smda_core.store.versions import input_versions, policy_version
 
     cfg = smda.config()
     version = dg.DataVersion(policy_version(input_versions(cfg)))
-    scores = smda.load("probe_scores")
-    world = load_world(cfg, progress=False)
-    policy = fit_policy(world, scores)
-    labels = feature_labels(world, policy)
-    text = formula(world, policy, labels)
-    tables = policy_tables(policy, scores, labels, preset=cfg.preset, model=world.model_name, sae=world.sae_name,
-                           hook=world.hook_name, position=cfg.features.position, behaviour=cfg.behaviour.kind,
-                           dtype=cfg.model.dtype, formula=text)
+    scores, probes, info = smda.readout()
+    policy = fit_policy(scores, cfg.policy)
+    labels = feature_labels(policy, probes, cfg.policy.labels_path)
+    text = formula(policy, labels, cfg.behaviour.kind)
+    tables = policy_tables(policy, scores, labels, preset=cfg.preset, model=info["model"], sae=info["sae"],
+                           hook=info["hook"], position=info["position"], behaviour=info["behaviour"], dtype=info["dtype"],
+                           formula=text)
     smda.write(tables)
-    smda.save("policy", policy)
     context.log.info(text)
     fit = {"lambda": policy.lam, "r2": policy.r2, "loo_r2": policy.loo_r2, "accuracy": policy.accuracy,
            "majority_baseline": policy.majority_baseline, "k": policy.k}

@@ -19,22 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 from smda_core.model.chat import EncodedPrompt, encode_pair
+from smda_core.config import CurationSettings
 from smda_core.errors import SMDAError
-from smda_core.model.runtime import behaviour_from_logp, greedy_refused, read_probes
+from smda_core.model.readout import greedy_refused, read_probes
+from smda_core.policy.behaviour import behaviour_from_logp
 
 BAD_KINDS = ("harmful_compliance", "harmless_refusal")
 
-
-@dataclass(frozen=True)
-class RetrainSettings:
-    """Full SFT from the base weights (the paper: 3 epochs, lr 2e-5, AdamW; a tiny model needs a larger lr)."""
-
-    epochs: int = 3
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    batch_size: int = 8
-    weight_decay: float = 0.0
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,7 +71,7 @@ def evaluate(model, sae, ev: EvalSet) -> dict:
     return out
 
 
-def retrain(model, tokenizer, pairs: Sequence[tuple[str, str]], settings: RetrainSettings, *, progress: bool = False):
+def retrain(model, tokenizer, pairs: Sequence[tuple[str, str]], settings: CurationSettings, *, progress: bool = False):
     """A fine-tuned copy of `model` (the base is untouched); deterministic for a seed on CPU."""
     if not pairs:
         raise SMDAError("retraining needs at least one pair")
@@ -190,14 +181,14 @@ class Variant:
 
 
 def run_curation(model, tokenizer, sae, ev: EvalSet, pairs: Sequence[tuple[str, str, str]], dropped: Sequence[str], *,
-                 settings: RetrainSettings = RetrainSettings(), oracle: Sequence[str] | None = None, n_random: int = 5,
+                 settings: CurationSettings = CurationSettings(), oracle: Sequence[str] | None = None, n_random: int = 5,
                  progress: bool = True) -> list[Variant]:
     """Evaluate base, full SFT, curated (minus `dropped`), oracle and `n_random` random removals of the same size."""
     ids = [p[0] for p in pairs]
     by_id = {p[0]: (p[1], p[2]) for p in pairs}
 
     def trained(keep: Sequence[str], seed: int) -> dict:
-        tuned = retrain(model, tokenizer, [by_id[i] for i in keep], RetrainSettings(**{**settings.__dict__, "seed": seed}))
+        tuned = retrain(model, tokenizer, [by_id[i] for i in keep], settings.replace(seed=seed))
         try:
             return evaluate(tuned, sae, ev)
         finally:
@@ -264,11 +255,11 @@ def pair_table(summary, pairs) -> PairTable:
     return PairTable(np.asarray(ids), harmful, kind, np.asarray(summary["flagged"].to_pylist(), dtype=bool), scores)
 
 
-def eval_set(world, heldout: np.ndarray, harmful: np.ndarray, category: np.ndarray) -> EvalSet:
+def eval_set(runtime, heldout: np.ndarray, harmful: np.ndarray, category: np.ndarray) -> EvalSet:
     """The held-out probes of the policy's stratified split (not used by its accuracy fit)."""
     idx = np.flatnonzero(heldout)
-    return EvalSet([world.encoded[i] for i in idx], harmful[idx], category[idx], world.refusal_openings, world.hook_layer,
-                   world.tokenizer.pad_token_id)
+    return EvalSet([runtime.encoded[i] for i in idx], harmful[idx], category[idx], runtime.refusal_openings,
+                   runtime.hook_layer, runtime.pad_id)
 
 
 def experiment_rows(experiment_id: str, rule: str, variants: Sequence[Variant]):
@@ -286,3 +277,37 @@ def experiment_rows(experiment_id: str, rule: str, variants: Sequence[Variant]):
         "per_category": [json.dumps(v.metrics["per_category"]) for v in variants],
         "created_at": pa.array([now] * len(variants), pa.timestamp("us")),
     })
+
+
+@dataclass(frozen=True)
+class CurationResult:
+    """One curation experiment: the rule, every evaluated variant, and curated against full / oracle / random."""
+
+    experiment_id: str
+    rule: str
+    variants: list[Variant]
+    comparison: dict
+
+    def table(self):
+        """The `curation` table rows of this experiment."""
+        return experiment_rows(self.experiment_id, self.rule, self.variants)
+
+
+def run_experiment(runtime, heldout: np.ndarray, harmful: np.ndarray, category: np.ndarray, summary, pairs, rule: str,
+                   settings, *, sql: Callable[[str], Sequence[str]] | None = None, n_random: int | None = None,
+                   progress: bool = True) -> CurationResult:
+    """Select the drops by `rule` from the pair summary and SFT pairs (Arrow tables), retrain every variant
+    from the base model, evaluate on the held-out probes (`heldout` mask), and compare."""
+    import hashlib
+    import time
+
+    table = pair_table(summary, pairs)
+    dropped = select_drops(rule, table, sql=sql)
+    oracle = table.pair_ids[np.isin(table.kind, BAD_KINDS)].tolist() if table.kind is not None else None
+    ev = eval_set(runtime, heldout, harmful, category)
+    by_id = dict(zip(pairs["pair_id"].to_pylist(), zip(pairs["prompt"].to_pylist(), pairs["response"].to_pylist())))
+    rows = [(p, *by_id[p]) for p in table.pair_ids.tolist()]
+    variants = run_curation(runtime.model, runtime.tokenizer, runtime.sae, ev, rows, dropped, settings=settings,
+                            oracle=oracle, n_random=n_random or settings.n_random, progress=progress)
+    experiment_id = hashlib.sha256(f"{rule}|{settings}|{time.time()}".encode()).hexdigest()[:10]
+    return CurationResult(experiment_id, rule, variants, comparison(variants, set(oracle) if oracle is not None else None))

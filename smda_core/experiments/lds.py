@@ -1,4 +1,4 @@
-"""Counterfactual agreement (LDS) and stability across SAE seeds (DESIGN §5).
+"""Counterfactual agreement (LDS, DESIGN §5): do the attributions add up to what retraining does?
 
 LDS: fine-tune on random subsets of the pairs, measure the actual change of β (refit on the
 re-measured probes, same features, units and λ) and of the mean harmful refusal, and rank-
@@ -7,12 +7,14 @@ correlate them across subsets with the sums of the subsets' per-pair attribution
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from smda_core.attribution.separation import bad_pair_auc, spearman
+from smda_core.attribution.separation import spearman
 from smda_core.attribution.pathways import delta_beta_refit
 from smda_core.policy.fit import Policy
 
@@ -51,56 +53,61 @@ def lds(effects: Sequence[SubsetEffect], per_pair: dict[str, np.ndarray]) -> dic
             "pooled": spearman(actual.ravel(), preds.ravel())}
 
 
-def matched_cosines(dec_a: np.ndarray, dec_b: np.ndarray) -> np.ndarray:
-    """For each decoder direction of A (rows), the best |cosine| with any direction of B."""
-    a = dec_a / np.linalg.norm(dec_a, axis=1, keepdims=True)
-    b = dec_b / np.linalg.norm(dec_b, axis=1, keepdims=True)
-    return np.abs(a @ b.T).max(axis=1)
-
-
-def auc_spread(scores_by_seed: Sequence[np.ndarray], is_bad: np.ndarray, mask: np.ndarray) -> tuple[float, list[float]]:
-    """Spread (max − min) of the bad-pair AUC of one score across seeds, within one prompt kind."""
-    aucs = [bad_pair_auc(s[mask], is_bad[mask]) for s in scores_by_seed]
-    return float(max(aucs) - min(aucs)), [float(a) for a in aucs]
-
-
 @dataclass(frozen=True)
-class SeedRun:
-    """One SAE seed's policy and per-pair scores."""
+class LdsResult:
+    """One LDS run: a row per (method, score) with its Spearman across subsets and details."""
 
-    seed: int
-    feature_ids: np.ndarray
-    coef: np.ndarray
-    decoder: np.ndarray  # (k, d_in) decoder directions of the policy features
-    r2: float
-    loo_r2: float
-    accuracy: float
-    scores: dict[str, np.ndarray]  # score name → (m,) per pair, same pair order in every run
+    rows: list[dict]
+    subsets: int
+    fraction: float
+
+    def table(self, run_id: str):
+        """The `validation` table rows of this run."""
+        return validation_table("lds", run_id, [{**r, "n": self.subsets} for r in self.rows])
 
 
-def stability(runs: Sequence[SeedRun], is_bad: np.ndarray, harmful_prompt: np.ndarray, top: int = 10) -> list[dict]:
-    """Agreement across SAE seeds: policy (decoder-matched features, top-feature overlap, R²/accuracy spread)
-    and each per-pair score (mean pairwise Spearman, spread of the bad-pair AUC per prompt kind)."""
-    pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]]
+def validation_table(check: str, run_id: str, rows: list[dict]):
+    """Rows of the warehouse's `validation` table (check, method, score, n, spearman, detail, run_id, created_at)."""
+    import pyarrow as pa
+
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return pa.table({"check": [check] * len(rows), "method": [r["method"] for r in rows], "score": [r["score"] for r in rows],
+                     "n": pa.array([int(r["n"]) for r in rows], pa.int64()), "spearman": [float(r["spearman"]) for r in rows],
+                     "detail": [json.dumps(r["detail"]) for r in rows], "run_id": [run_id] * len(rows),
+                     "created_at": pa.array([now] * len(rows), pa.timestamp("us"))})
+
+
+def run_lds(runtime, policy: Policy, harmful: np.ndarray, pairs: dict[str, tuple[str, str]],
+            attributions: dict[str, dict[str, np.ndarray]], dy_harmful: dict[str, float], *, subsets: int, fraction: float,
+            settings, seconds_per_pair: float, peer: dict | None = None, progress: bool = True) -> LdsResult:
+    """Fine-tune on `subsets` random subsets of `pairs` (id → prompt, response) and rank-correlate the actual
+    change of β and of harmful refusal with the summed per-pair attributions (`attributions`: method → id → Δβ)
+    and measured `dy_harmful`; a peer's scalar scores (`peer`: name → {scores, seconds}) on the same subsets."""
+    from tqdm.auto import tqdm
+
+    from smda_core.errors import SMDAError
+    from smda_core.experiments.curation import retrain
+
+    if not 0 < fraction < 1 or subsets < 3:
+        raise SMDAError("lds needs --subsets ≥ 3 and 0 < --fraction < 1")
+    ids = sorted(pairs)
+    rng = np.random.default_rng(settings.seed)
+    size = max(1, int(round(fraction * len(ids))))
+    effects = []
+    for s in tqdm(range(subsets), desc="LDS subsets", disable=not progress):
+        members = sorted(rng.choice(ids, size=size, replace=False).tolist())
+        tuned = retrain(runtime.model, runtime.tokenizer, [pairs[m] for m in members], settings.replace(seed=settings.seed + s))
+        r, y_new, _ = runtime.read(tuned, feature_ids=policy.feature_ids)
+        effects.append(actual_effect(policy, members, r.dense, y_new, harmful))
+        del tuned
     rows = []
-    cos = [float(matched_cosines(a.decoder, b.decoder).mean()) for a, b in pairs]
-    rows.append({"method": "policy", "score": "matched_decoder_cosine", "value": float(np.mean(cos)), "detail": {"pairwise": cos}})
-
-    def top_dirs(r: SeedRun) -> np.ndarray:
-        return r.decoder[np.argsort(-np.abs(r.coef), kind="stable")[:top]]
-
-    overlap = [float((matched_cosines(top_dirs(a), top_dirs(b)) > 0.9).mean()) for a, b in pairs]
-    rows.append({"method": "policy", "score": f"top{top}_overlap", "value": float(np.mean(overlap)), "detail": {"pairwise": overlap}})
-    for name in ("r2", "loo_r2", "accuracy"):
-        vals = [getattr(r, name) for r in runs]
-        rows.append({"method": "policy", "score": f"{name}_spread", "value": float(max(vals) - min(vals)), "detail": {"values": vals}})
-    for score in runs[0].scores:
-        rho = [spearman(a.scores[score], b.scores[score]) for a, b in pairs]
-        detail = {"pairwise": rho}
-        for kind, mask in (("harmful", harmful_prompt), ("harmless", ~harmful_prompt)):
-            if is_bad[mask].any() and (~is_bad[mask]).any():
-                spread, aucs = auc_spread([r.scores[score] for r in runs], is_bad, mask)
-                detail[f"auc_{kind}"] = aucs
-                detail[f"auc_spread_{kind}"] = spread
-        rows.append({"method": "pair_score", "score": score, "value": float(np.nanmean(rho)), "detail": detail})
-    return rows
+    for method, preds in sorted(attributions.items()):
+        res = lds(effects, preds)
+        rows.append({"method": method, "score": "delta_beta", "spearman": res["spearman"],
+                     "detail": {"fraction": fraction, "pooled": res["pooled"], "per_feature": res["per_feature"]}})
+    rows.append({"method": "measured_shift", "score": "dy_harmful", "spearman": lds(effects, dy_harmful)["spearman"],
+                 "detail": {"fraction": fraction, "seconds_per_pair": seconds_per_pair}})
+    for name, p in (peer or {}).items():
+        rows.append({"method": name, "score": "dy_harmful", "spearman": lds(effects, p["scores"])["spearman"],
+                     "detail": {"fraction": fraction, "seconds_per_pair": p["seconds"]}})
+    return LdsResult(rows, subsets, fraction)

@@ -1,7 +1,7 @@
 """SFT batches: which files are batches, one batch per distinct content, and which batch is current.
 
 A batch is the content of one SFT file. Its id is the file's stem plus 8 hex of the content's
-SHA-256 (``inputs.file_batch_id``), so a changed file is a new batch. Content seen before under
+SHA-256 (:func:`file_batch_id`), so a changed file is a new batch. Content seen before under
 another name is a duplicate and adds nothing. When a file's content changes, the batch of its old
 content is *superseded* by the batch of its new content: its rows stay in the warehouse for the
 record, and the public views leave them out.
@@ -9,12 +9,14 @@ record, and the public views leave them out.
 
 from __future__ import annotations
 
-import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from smda_core.inputs.records import batch_stem, file_batch_id
+from smda_core.hashing import file_sha256
+from smda_core.inputs.records import _check_file
+from smda_core.sources import resolve_sources
 
 
 @dataclass(frozen=True)
@@ -35,20 +37,20 @@ class Scan:
 
 
 def file_hash(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """SHA-256 hex of an SFT file's bytes (the batch's content)."""
+    return file_sha256(path)
 
 
-def folder_files(folder: str | Path | None, patterns: Iterable[str]) -> list[Path]:
-    """Files of the watched folder matching the patterns (not recursive; hidden and partial files skipped)."""
-    if folder is None or not Path(folder).is_dir():
-        return []
-    found = {p for pattern in patterns for p in Path(folder).glob(pattern)
-             if p.is_file() and not p.name.startswith((".", "~")) and not p.name.endswith((".tmp", ".part"))}
-    return sorted(found)
+def batch_stem(path: str | Path) -> str:
+    """The file-name part of a batch id: the stem, with characters unsafe in partition keys replaced."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem)
+
+
+def file_batch_id(path: str | Path) -> str:
+    """The batch id of an SFT file: its stem plus 8 hex of its content hash (a changed file is a new batch)."""
+    p = Path(path)
+    _check_file(p)
+    return f"{batch_stem(p)}-{file_hash(p)[:8]}"
 
 
 def scan(files: Iterable[str | Path], known: Iterable[str] = ()) -> Scan:
@@ -106,9 +108,7 @@ def statuses(registry: Iterable[Mapping], current: Mapping[str, str | None]) -> 
 
 def config_scan(config, known: Iterable[str] = ()) -> Scan:
     """The batches of a config: its SFT files and its watched folder (the demo's by default)."""
-    from smda_core.api import world_sources
-
-    return scan(world_sources(config, progress=False)["sft"], known)
+    return scan(resolve_sources(config, progress=False).sft, known)
 
 
 def find_batch(config, batch_id: str) -> BatchFile | None:
@@ -117,12 +117,10 @@ def find_batch(config, batch_id: str) -> BatchFile | None:
     A partition run needs one batch; hashing every file of a large watched folder for each of
     them would make N new files cost N² reads.
     """
-    from smda_core.api import world_sources
-
     if "-" not in batch_id:
         return None  # not a batch id this project made
     stem, short_hash = batch_id.rsplit("-", 1)
-    for f in sorted({Path(p).resolve() for p in world_sources(config, progress=False)["sft"]}):
+    for f in sorted({Path(p).resolve() for p in resolve_sources(config, progress=False).sft}):
         if batch_stem(f) == stem:
             digest = file_hash(f)
             if digest[:8] == short_hash:

@@ -472,15 +472,3 @@ def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
             fh.write(json.dumps(dict(row), ensure_ascii=False, sort_keys=False) + "\n")
     return path
 
-
-def batch_stem(path: str | Path) -> str:
-    """The file-name part of a batch id: the stem, with characters unsafe in partition keys replaced."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem)
-
-
-def file_batch_id(path: str | Path) -> str:
-    """The batch id of an SFT file: its stem plus 8 hex of its content hash (a changed file is a new batch)."""
-    p = Path(path)
-    _check_file(p)
-    stem = batch_stem(p)
-    return f"{stem}-{hashlib.sha256(p.read_bytes()).hexdigest()[:8]}"

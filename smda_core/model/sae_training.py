@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from smda_core.hashing import path_hash
+
 
 @dataclass(frozen=True)
 class SAEReport:
@@ -187,7 +189,7 @@ def residual_batches(model, seqs: list[list[int]], layer: int, start_pos: int, p
 
     The forward pass stops at the hooked block: the upper blocks and the LM head are never run.
     """
-    from smda_core.model.runtime import decoder_layers
+    from smda_core.model.loading import decoder_layers
 
     store: dict[str, torch.Tensor] = {}
 
@@ -354,29 +356,13 @@ def _to_sae_lens(t: _Trainable, scale: float, hook_name: str, model_name: str):
     return sae.eval()
 
 
-def _file_fingerprint(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(Path(path).glob("*")):
-        if f.suffix in (".json", ".safetensors", ".jinja", ".txt", ".model"):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}".encode())
-            if f.suffix == ".safetensors":  # content, not mtime: a retrained model is a new model
-                with open(f, "rb") as fh:
-                    fh.seek(max(0, st.st_size // 2))
-                    h.update(fh.read(1 << 20))
-            else:
-                h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
 
 def sae_cache_key(model_path: str | Path, rows: list[dict], spec: SAETrainSpec) -> str:
     """Hash of the inputs: model files, corpus content, training spec, trainer version."""
     import hashlib
     import json
 
-    payload = json.dumps({"model": _file_fingerprint(Path(model_path)) if Path(model_path).is_dir() else str(model_path),
+    payload = json.dumps({"model": path_hash(model_path) if Path(model_path).is_dir() else str(model_path),
                           "corpus": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest(),
                           "spec": spec.__dict__, "version": TRAINER_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
@@ -409,7 +395,7 @@ def train_sae_on_model(model_path: str | Path, rows: list[dict], spec: SAETrainS
         return out, json.loads((root / "report.json").read_text())
     t0 = time.perf_counter()
     if model is None or tokenizer is None:
-        from smda_core.model.runtime import load_model
+        from smda_core.model.loading import load_model
 
         model, tokenizer = load_model(str(model_path))
     rows = list(rows)
@@ -430,7 +416,7 @@ def train_sae_on_model(model_path: str | Path, rows: list[dict], spec: SAETrainS
     ckpt = root / "checkpoint.pt"
     step = 0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         trainable.load_state_dict(state["sae"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -507,36 +493,3 @@ def read_corpus(files) -> list[dict]:
                     raise InputError("a corpus row needs `prompt` (+ `response`) or `text`", path=f"{f}:{n}")
                 rows.append(keep)
     return rows
-
-
-def train_sae_from_config(cfg, *, progress: bool = True) -> tuple[Path, dict]:
-    """`smda sae train`: the config's model (or the demo's) and `sae_training` section."""
-    from smda_core.errors import SMDAError
-
-    st = cfg.sae_training
-    layer = st.hook_layer if st.hook_layer is not None else cfg.model.hook_layer
-    if cfg.is_demo:
-        from smda_core.worlds.demo.build import HOOK_LAYER, ensure_demo_world
-
-        paths = ensure_demo_world(cfg.demo, progress=progress)
-        model_path = paths.model
-        files = list(st.corpus) or [*sorted(paths.sft_dir.glob("*.jsonl")), paths.probes]
-        layer = HOOK_LAYER if layer is None else layer
-    else:
-        model_path = cfg.model.path
-        files = list(st.corpus)
-        if not files:
-            raise SMDAError("sae_training.corpus must name at least one JSONL file for a non-demo model")
-    from smda_core.model.runtime import decoder_layers, load_model
-
-    model, tokenizer = load_model(str(model_path), dtype="float32", device=cfg.model.device,
-                                  trust_remote_code=cfg.model.trust_remote_code)
-    n_layers = len(decoder_layers(model))
-    layer = n_layers // 2 if layer is None else layer
-    if not 0 <= layer < n_layers:
-        raise SMDAError(f"sae_training.hook_layer={layer} is out of range: the model has {n_layers} blocks")
-    spec = SAETrainSpec(hook_layer=layer, d_sae=st.d_sae, k=st.k, architecture=st.architecture, l1_coefficient=st.l1_coefficient,
-                        n_tokens=st.n_tokens, eval_tokens=st.eval_tokens, chunk_tokens=st.chunk_tokens, steps=st.steps,
-                        batch_size=st.batch_size, lr=st.lr, seed=st.seed)
-    return train_sae_on_model(model_path, read_corpus(files), spec, st.cache_dir, model=model, tokenizer=tokenizer,
-                              progress=progress)

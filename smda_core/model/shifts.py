@@ -20,23 +20,15 @@ from tqdm.auto import tqdm
 
 from smda_core.model.chat import EncodedPrompt, encode_pair
 from smda_core.errors import SMDAError
-from smda_core.model.runtime import Readout, behaviour_from_logp, read_probes
+from smda_core.config import ShiftSettings
+from smda_core.model.measurements import PairShifts
+from smda_core.model.readout import Readout, read_probes
+from smda_core.policy.behaviour import behaviour_from_logp
 
 log = logging.getLogger(__name__)
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-
-@dataclass(frozen=True)
-class ShiftSettings:
-    """The optimiser of one pair's update and how ΔX is measured."""
-
-    optimizer: str = "sgd"  # 'sgd' (plain, no momentum, no clipping) or 'adamw'
-    lr: float = 1e-4
-    steps: int = 1
-    weight_decay: float = 0.0
-    dtype: str = "float64"
-    batch_size: int = 64
 
 
 @dataclass(frozen=True)
@@ -51,36 +43,6 @@ class ProbeSetup:
     hook_layer: int
     pad_id: int
 
-
-@dataclass
-class PairShifts:
-    """Measured shifts of m pairs over n probes and k policy features (float64 arrays).
-
-    dX_exact / dX_linearised: (m, n, k) raw SAE activation change; dY, dP: (m, n) change of
-    the behaviour and of refusal_prob; X_base (n, k); active_flips (m,) from the exact
-    re-encoding; prompt_X (m, k) activations on each pair's own prompt; seconds (m,).
-    """
-
-    pair_ids: list[str]
-    feature_ids: np.ndarray
-    X_base: np.ndarray
-    y_base: np.ndarray
-    p_base: np.ndarray
-    dX_exact: np.ndarray
-    dX_linearised: np.ndarray
-    dY: np.ndarray
-    dP: np.ndarray
-    active_flips: np.ndarray
-    prompt_X: np.ndarray
-    seconds: np.ndarray
-    settings: ShiftSettings
-
-    def dX(self, mode: str) -> np.ndarray:
-        if mode == "exact":
-            return self.dX_exact
-        if mode == "linearised":
-            return self.dX_linearised
-        raise SMDAError(f"shifts.delta_x '{mode}' is unknown: use 'exact' or 'linearised'")
 
 
 def _measurement_copies(model, sae, dtype: str):

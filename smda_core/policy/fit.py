@@ -9,101 +9,20 @@ renders the result for people.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import get_args
+from dataclasses import dataclass
 
 import numpy as np
 
-from smda_core.errors import ConfigError, InputError
+from smda_core.config import PolicySettings
+from smda_core.errors import InputError
 from smda_core.policy.ridge import LooResult, RidgeFit, default_lambda_grid, fit_ridge, loo_ridge, r2
-from smda_core.policy.design import DesignKind, Standardiser, design_matrix
-from smda_core.policy.selection import Selection, SelectionMethod, _frozen, _probe_array, select_features
+from smda_core.model.measurements import ProbeScores
+from smda_core.policy.design import Standardiser, design_matrix
+from smda_core.policy.selection import Selection, _frozen, _probe_array, select_features
 
-__all__ = ["PolicySettings", "Policy", "HeldoutSplit", "paper_settings", "default_settings", "stratified_split", "best_threshold", "fit_policy_arrays"]
-
-
-
-
-# --------------------------------------------------------------------------- settings
+__all__ = ["Policy", "HeldoutSplit", "stratified_split", "best_threshold", "fit_policy_arrays", "fit_policy"]
 
 
-@dataclass(frozen=True)
-class PolicySettings:
-    """Every choice of §3 in one validated, frozen object (mirrors `config.PolicySection`)."""
-
-    # selection
-    selection: SelectionMethod = field(default="contrast", metadata={"help": "contrast | correlation | explicit"})
-    contrast_threshold: float = field(default=0.1, metadata={"help": "|mean harmful − mean harmless| must exceed this"})
-    max_features: int | None = field(default=None, metadata={"help": "keep the top-N by |contrast|; None = all above threshold"})
-    correlation_k: int = field(default=32, metadata={"help": "number of features kept by |Pearson r| with y"})
-    min_active: int = field(default=5, metadata={"help": "correlation: a feature must be non-zero on ≥ this many probes"})
-    features: tuple[int, ...] | None = field(default=None, metadata={"help": "explicit feature ids (selection=explicit)"})
-    # design and ridge
-    design: DesignKind = field(default="standardised", metadata={"help": "raw activations or standardised with base mean/std"})
-    intercept: bool = field(default=True, metadata={"help": "fit an unpenalised intercept"})
-    lam: float | None = field(default=None, metadata={"help": "fixed λ; None = exact leave-one-out over lam_grid"})
-    lam_grid: tuple[float, ...] | None = field(default=None, metadata={"help": "λ grid for LOO; None = default_lambda_grid()"})
-    # held-out accuracy
-    heldout_fraction: float = field(default=0.2, metadata={"help": "share of probes held out (stratified by category, refused)"})
-    seed: int = field(default=0, metadata={"help": "seed of the held-out split"})
-
-    def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ConfigError:
-            return ConfigError(f"PolicySettings.{name}: {why}; got {getattr(self, name)!r}")
-
-        for name in ("contrast_threshold", "heldout_fraction") + (("lam",) if self.lam is not None else ()):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-                raise bad(name, "must be a number")
-        if self.selection not in get_args(SelectionMethod):
-            raise bad("selection", f"must be one of {get_args(SelectionMethod)}")
-        if self.design not in get_args(DesignKind):
-            raise bad("design", f"must be one of {get_args(DesignKind)}")
-        if not (np.isfinite(self.contrast_threshold) and self.contrast_threshold >= 0):
-            raise bad("contrast_threshold", "must be a finite number ≥ 0")
-        if self.max_features is not None and (not isinstance(self.max_features, int) or self.max_features < 1):
-            raise bad("max_features", "must be a positive integer or None")
-        if not isinstance(self.correlation_k, int) or self.correlation_k < 1:
-            raise bad("correlation_k", "must be a positive integer")
-        if not isinstance(self.min_active, int) or self.min_active < 1:
-            raise bad("min_active", "must be an integer ≥ 1")
-        if self.selection == "explicit":
-            if not self.features:
-                raise bad("features", "selection='explicit' needs a non-empty list of feature ids")
-        if self.features is not None:
-            try:
-                feats = tuple(int(f) for f in self.features)
-            except (TypeError, ValueError):
-                raise bad("features", "must be a list of integer feature ids") from None
-            if any(f < 0 for f in feats) or len(set(feats)) != len(feats):
-                raise bad("features", "feature ids must be distinct integers ≥ 0")
-            object.__setattr__(self, "features", feats)
-        if not isinstance(self.intercept, bool):
-            raise bad("intercept", "must be true or false")
-        if self.lam is not None and not (np.isfinite(self.lam) and self.lam > 0):
-            raise bad("lam", "must be a finite number > 0, or None for leave-one-out")
-        if self.lam_grid is not None:
-            grid = tuple(float(v) for v in self.lam_grid)
-            if not grid or not all(np.isfinite(v) and v > 0 for v in grid):
-                raise bad("lam_grid", "must be a non-empty list of finite numbers > 0")
-            object.__setattr__(self, "lam_grid", grid)
-        if not (0.0 < self.heldout_fraction < 1.0):
-            raise bad("heldout_fraction", "must lie strictly between 0 and 1")
-        if not isinstance(self.seed, int):
-            raise bad("seed", "must be an integer")
-
-
-def paper_settings(**overrides: object) -> PolicySettings:
-    """The reference method: contrast 0.1, raw activations, no intercept, λ = 5."""
-    base = PolicySettings(selection="contrast", contrast_threshold=0.1, max_features=None, design="raw", intercept=False, lam=5.0)
-    return dataclasses.replace(base, **overrides)
-
-
-def default_settings(**overrides: object) -> PolicySettings:
-    """What we recommend: contrast 0.1 capped at 64 features, standardised, intercept, λ by exact LOO."""
-    base = PolicySettings(selection="contrast", contrast_threshold=0.1, max_features=64, design="standardised", intercept=True, lam=None)
-    return dataclasses.replace(base, **overrides)
 
 
 # --------------------------------------------------------------------------- held-out accuracy
@@ -249,9 +168,9 @@ def fit_policy_arrays(
         probe_index, feature_id, activation: COO SAE activations at the configured position.
         n_probes: n.
         harmful, y, refused, category: per-probe arrays, (n,).
-        settings: `PolicySettings` (None → `default_settings()`).
+        settings: `PolicySettings` (None → the `default` preset's).
     """
-    s = default_settings() if settings is None else settings
+    s = PolicySettings.preset("default") if settings is None else settings
     n = int(n_probes)
     harmful = _probe_array(harmful, n, "harmful").astype(bool)
     yv = _probe_array(y, n, "y", np.float64)
@@ -323,3 +242,10 @@ def fit_policy_arrays(
     )
 
 
+
+
+def fit_policy(probes: ProbeScores, settings: PolicySettings | None = None) -> Policy:
+    """The symbolic policy over a probe readout (DESIGN §3): arrays in, a fitted `Policy` out."""
+    return fit_policy_arrays(probes.coo_probe, probes.coo_feature, probes.coo_value, len(probes.probe_ids),
+                             harmful=probes.harmful, y=probes.behaviour, refused=probes.refused, category=probes.category,
+                             settings=settings)

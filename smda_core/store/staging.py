@@ -8,7 +8,8 @@ changed since the last load, replacing that batch's rows in one transaction and 
 other batch, then marks which batch of each file is current (``batches.statuses``).
 
     <warehouse dir>/staging/<batch_id>/sft_pairs.parquet   (the pairs, as read and checked)
-                                      /shifts.pkl          (measured shifts, for attribution)
+                                      /source.json         (the file and content hash it came from)
+                                      /shifts.npz          (measured shifts, for attribution; no pickle)
                                       /<table>.parquet     (pair_attribution, pair_summary, ...)
                                       /manifest.json       (tables, their SHA-256, the source file)
 """
@@ -17,11 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -29,9 +28,13 @@ import pyarrow.parquet as pq
 
 from smda_core.inputs import batches as batch_rules
 from smda_core.errors import SMDAError
+from smda_core.hashing import file_sha256
+from smda_core.model.measurements import PairShifts
+from smda_core.store.arrays import load_arrays, save_arrays
 from smda_core.store.warehouse import replace_partition, replace_table
 
 MANIFEST = "manifest.json"
+SHIFTS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -58,23 +61,34 @@ class Stage:
             raise SMDAError(f"batch {batch_id}: {path} is missing; materialise the batch's upstream step first")
         return pq.read_table(path)
 
-    def save(self, batch_id: str, name: str, obj: Any) -> None:
-        path = self.folder(batch_id) / f"{name}.pkl"
+    def save_json(self, batch_id: str, name: str, value: dict) -> None:
+        """A small record of the batch (where its file came from), as JSON, atomically."""
+        path = self.folder(batch_id) / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".pkl.tmp")
-        tmp.write_bytes(pickle.dumps(obj))
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(value, sort_keys=True))
         tmp.replace(path)
 
-    def load(self, batch_id: str, name: str) -> Any:
-        path = self.folder(batch_id) / f"{name}.pkl"
+    def load_json(self, batch_id: str, name: str) -> dict:
+        path = self.folder(batch_id) / f"{name}.json"
         if not path.exists():
             raise SMDAError(f"batch {batch_id}: {path} is missing; materialise the batch's upstream step first")
-        return pickle.loads(path.read_bytes())
+        return json.loads(path.read_text())
+
+    def save_shifts(self, batch_id: str, shifts: PairShifts) -> Path:
+        """The batch's measured shifts as NPZ (no pickle), for the attribution step."""
+        arrays, meta = shifts.as_arrays()
+        return save_arrays(self.folder(batch_id) / "shifts.npz", arrays, schema="pair_shifts", version=SHIFTS_VERSION,
+                           meta=meta)
+
+    def load_shifts(self, batch_id: str) -> PairShifts:
+        arrays, meta = load_arrays(self.folder(batch_id) / "shifts.npz", schema="pair_shifts", version=SHIFTS_VERSION)
+        return PairShifts.from_arrays(arrays, meta)
 
     def commit(self, batch_id: str, tables: list[str], *, source_file: str, content_hash: str, n_pairs: int) -> dict:
         """Write the manifest last: the batch's staged tables are complete and consistent."""
         folder = self.folder(batch_id)
-        entries = {name: {"file": f"{name}.parquet", "sha256": _sha256(folder / f"{name}.parquet")} for name in tables}
+        entries = {name: {"file": f"{name}.parquet", "sha256": file_sha256(folder / f"{name}.parquet")} for name in tables}
         stage_id = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
         manifest = {"batch_id": batch_id, "source_file": source_file, "content_hash": content_hash, "n_pairs": n_pairs,
                     "tables": entries, "stage_id": stage_id, "staged_at": datetime.now(timezone.utc).isoformat()}
@@ -88,8 +102,6 @@ class Stage:
         return json.loads(path.read_text()) if path.exists() else None
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,18 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
+from smda_core.errors import SMDAError
+from smda_core.model.measurements import ProbeScores
 from smda_core.policy.labels import FeatureLabel
 from smda_core.policy.fit import Policy
 
 
-def probe_tables(probes: pa.Table, scores) -> dict[str, pa.Table]:
-    """probes (the validated file), features (sparse, activation ≠ 0) and the behaviour scores."""
+def probe_tables(probes: pa.Table, scores: ProbeScores, info: dict[str, str]) -> dict[str, pa.Table]:
+    """probes (the validated file, in file order), features (sparse, activation ≠ 0), the behaviour
+    scores, and what read them (`info`: model, sae, hook, position, behaviour, dtype)."""
     ids = np.asarray(scores.probe_ids)
     base = probes.select(["probe_id", "prompt", "category", "harmful", "refused", "content_hash"])
+    base = base.append_column("probe_index", pa.array(np.arange(len(ids)), pa.int32()))
     features = pa.table({"probe_id": pa.array(ids[scores.coo_probe].tolist(), pa.string()),
                          "feature_id": pa.array(scores.coo_feature, pa.int32()),
                          "activation": pa.array(scores.coo_value, pa.float64())})
@@ -29,7 +33,35 @@ def probe_tables(probes: pa.Table, scores) -> dict[str, pa.Table]:
                           "refusal_prob": pa.array(scores.refusal_prob, pa.float64()),
                           "refused": pa.array(scores.refused, pa.bool_()),
                           "refused_source": pa.array([scores.refused_source] * len(ids), pa.string())})
-    return {"probes": base, "features": features, "behaviour_scores": behaviour}
+    readout = pa.Table.from_pylist([{**info, "n_probes": len(ids)}])
+    return {"probes": base, "features": features, "behaviour_scores": behaviour, "readout_info": readout}
+
+
+def read_probe_readout(con) -> tuple[ProbeScores, pa.Table, dict]:
+    """The probe readout back from the warehouse, exactly as measured (float64 values, file order).
+
+    Returns the `ProbeScores`, the probes table (prompts, categories) and the readout info row.
+    The policy is refitted from these in milliseconds, so no fitted object needs storing.
+    """
+    probes = con.sql("SELECT * EXCLUDE (probe_index) FROM smda.probes ORDER BY probe_index").to_arrow_table()
+    if probes.num_rows == 0:
+        raise SMDAError("the warehouse holds no probe readout yet: materialise `probes` first")
+    behaviour = con.sql("SELECT b.behaviour, b.refusal_prob, b.refused, b.refused_source FROM smda.behaviour_scores b "
+                        "JOIN smda.probes p USING (probe_id) ORDER BY p.probe_index").to_arrow_table()
+    coo = con.sql("SELECT p.probe_index, f.feature_id, f.activation FROM smda.features f JOIN smda.probes p USING (probe_id) "
+                  "ORDER BY p.probe_index, f.feature_id").to_arrow_table()
+    info = con.sql("SELECT * FROM smda.readout_info").to_arrow_table().to_pylist()
+    if behaviour.num_rows != probes.num_rows or not info:
+        raise SMDAError("the warehouse's probe readout is incomplete: materialise `probes` again")
+    source = behaviour["refused_source"].to_pylist()
+    scores = ProbeScores(
+        probe_ids=np.asarray(probes["probe_id"].to_pylist()), category=np.asarray(probes["category"].to_pylist()),
+        harmful=np.asarray(probes["harmful"].to_pylist(), dtype=bool),
+        refused=np.asarray(behaviour["refused"].to_pylist(), dtype=bool), refused_source=source[0],
+        behaviour=behaviour["behaviour"].to_numpy(), refusal_prob=behaviour["refusal_prob"].to_numpy(),
+        coo_probe=coo["probe_index"].to_numpy().astype(np.int64), coo_feature=coo["feature_id"].to_numpy().astype(np.int64),
+        coo_value=coo["activation"].to_numpy())
+    return scores, probes, info[0]
 
 
 def policy_tables(policy: Policy, scores, labels: Sequence[FeatureLabel], *, preset: str, model: str, sae: str, hook: str,
@@ -112,3 +144,13 @@ def pair_tables(batch_id: str, shifts, attr, policy: Policy, probe_ids: Sequence
             "dy": pa.array(shifts.dY[pair_idx, probe_idx], pa.float64()),
         })
     return out
+
+
+def check_stored_policy(con, policy: Policy) -> None:
+    """The refitted policy must be the one the warehouse shows (same features, same β to 1e-12)."""
+    stored = con.sql("SELECT feature_id, coef FROM smda.policy_features").to_arrow_table().to_pylist()
+    by_id = {int(r["feature_id"]): r["coef"] for r in stored}
+    ours = dict(zip(policy.feature_ids.tolist(), policy.coef.tolist()))
+    if set(by_id) != set(ours) or any(abs(by_id[f] - c) > 1e-12 * max(1.0, abs(c)) for f, c in ours.items()):
+        raise SMDAError("the stored policy differs from the one the current readout and settings give: "
+                        "materialise `policy` again (smda ingest does) before the pair steps")

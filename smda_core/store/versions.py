@@ -8,45 +8,15 @@ any hash changes, Dagster marks what depends on it stale (DESIGN §7: refresh on
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from smda_core.config import SMDAConfig
+from smda_core.hashing import combine, path_hash
+from smda_core.sources import resolve_sources
 
 INPUTS = ("model_files", "sae_files", "probe_file", "readout_settings", "policy_settings", "shift_settings")
 """The observable inputs, in the order the assets list them."""
-
-
-_FILE_DIGESTS: dict[tuple[str, int, int], bytes] = {}
-"""Digest per (file, size, mtime): one ingest asks for the same weights' version several times."""
-
-
-def _file_digest(f: Path) -> bytes:
-    st = f.stat()
-    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_DIGESTS:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _FILE_DIGESTS[key] = h.digest()
-    return _FILE_DIGESTS[key]
-
-
-def path_hash(path: str | Path) -> str:
-    """SHA-256 (16 hex) of a file, or of a folder's files (relative names and contents, in order)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
-        h.update(_file_digest(f))
-    return h.hexdigest()[:16]
-
-
-def combine(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def _settings(config: SMDAConfig, *sections: str) -> str:
@@ -55,18 +25,16 @@ def _settings(config: SMDAConfig, *sections: str) -> str:
 
 def input_versions(config: SMDAConfig) -> dict[str, str]:
     """The version of every input of :data:`INPUTS` (builds the demo world first if it is not cached)."""
-    from smda_core.api import world_sources
-
-    src = world_sources(config, progress=False)
-    model = src["model"]
+    src = resolve_sources(config, progress=False)
+    model = src.model
     model_v = path_hash(model) if Path(model).exists() else combine("hub", model)
-    sae_path = src["sae"].get("path")
-    sae_v = path_hash(sae_path) if sae_path else combine("release", str(src["sae"].get("release")), str(src["sae"].get("sae_id")))
+    sae_path = src.sae.get("path")
+    sae_v = path_hash(sae_path) if sae_path else combine("release", str(src.sae.get("release")), str(src.sae.get("sae_id")))
     return {
         "model_files": combine(model_v, _settings(config, "model")),
         "sae_files": sae_v,
-        "probe_file": path_hash(src["probes"]),
-        "readout_settings": combine(_settings(config, "features", "behaviour"), json.dumps(src["refusal_openings"])),
+        "probe_file": path_hash(src.probes),
+        "readout_settings": combine(_settings(config, "features", "behaviour"), json.dumps(src.refusal_openings)),
         "policy_settings": _settings(config, "policy"),
         "shift_settings": _settings(config, "shifts", "attribution"),
     }

@@ -43,7 +43,9 @@ def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
 
 TABLES: dict[str, pa.Schema] = {
     "probes": _schema(("probe_id", _S), ("prompt", _S), ("category", _S), ("harmful", _B), ("refused", _B),
-                      ("content_hash", _S)),
+                      ("content_hash", _S), ("probe_index", _I32)),
+    "readout_info": _schema(("model", _S), ("sae", _S), ("hook", _S), ("position", _S), ("behaviour", _S), ("dtype", _S),
+                            ("n_probes", _I32)),
     "behaviour_scores": _schema(("probe_id", _S), ("behaviour", _F), ("refusal_prob", _F), ("refused", _B),
                                 ("refused_source", _S)),
     "probe_scores": _schema(("probe_id", _S), ("behaviour", _F), ("refusal_prob", _F), ("refused", _B),

@@ -155,7 +155,7 @@ def _train_model(model, data: list[tuple[list[int], int]], *, seed: int, steps: 
 @torch.no_grad()
 def _residuals(model, data: list[tuple[list[int], int]], layer: int, pad_id: int, batch_size: int = 256) -> torch.Tensor:
     """Residual-stream vectors after block `layer` at every token of the given sequences."""
-    from smda_core.model.runtime import capture_residual
+    from smda_core.model.loading import capture_residual
 
     chunks = []
     for start in range(0, len(data), batch_size):
@@ -185,7 +185,7 @@ def demo_sae_for_seed(demo: DemoSection, seed: int, *, progress: bool = True) ->
 
     The SAE is a trained object: stability checks compare policies and scores across such seeds.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from smda_core.model.loading import load_model
 
     paths = ensure_demo_world(demo, progress=progress)
     if seed == demo.seed:
@@ -194,8 +194,7 @@ def demo_sae_for_seed(demo: DemoSection, seed: int, *, progress: bool = True) ->
     if (out / "cfg.json").exists():
         return out
     world = recipe.make_world(demo.seed, demo.planted_category, demo.n_probes, demo.n_pairs, demo.bad_share)
-    tokenizer = AutoTokenizer.from_pretrained(paths.model)
-    model = AutoModelForCausalLM.from_pretrained(paths.model).eval()
+    model, tokenizer = load_model(str(paths.model))
     sae, _ = _train_sae(model, tokenizer, _encode_conversations(tokenizer, world.corpus), seed=seed, progress=progress)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     sae.save_model(str(tmp))

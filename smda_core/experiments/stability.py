@@ -1,0 +1,87 @@
+"""Stability across SAE seeds (DESIGN §5): how much of the policy and of each pair score survives a retrained SAE."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from smda_core.attribution.separation import bad_pair_auc, spearman
+
+
+def matched_cosines(dec_a: np.ndarray, dec_b: np.ndarray) -> np.ndarray:
+    """For each decoder direction of A (rows), the best |cosine| with any direction of B."""
+    a = dec_a / np.linalg.norm(dec_a, axis=1, keepdims=True)
+    b = dec_b / np.linalg.norm(dec_b, axis=1, keepdims=True)
+    return np.abs(a @ b.T).max(axis=1)
+
+
+def auc_spread(scores_by_seed: Sequence[np.ndarray], is_bad: np.ndarray, mask: np.ndarray) -> tuple[float, list[float]]:
+    """Spread (max − min) of the bad-pair AUC of one score across seeds, within one prompt kind."""
+    aucs = [bad_pair_auc(s[mask], is_bad[mask]) for s in scores_by_seed]
+    return float(max(aucs) - min(aucs)), [float(a) for a in aucs]
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One SAE seed's policy and per-pair scores."""
+
+    seed: int
+    feature_ids: np.ndarray
+    coef: np.ndarray
+    decoder: np.ndarray  # (k, d_in) decoder directions of the policy features
+    r2: float
+    loo_r2: float
+    accuracy: float
+    scores: dict[str, np.ndarray]  # score name → (m,) per pair, same pair order in every run
+
+
+def stability(runs: Sequence[SeedRun], is_bad: np.ndarray, harmful_prompt: np.ndarray, top: int = 10) -> list[dict]:
+    """Agreement across SAE seeds: policy (decoder-matched features, top-feature overlap, R²/accuracy spread)
+    and each per-pair score (mean pairwise Spearman, spread of the bad-pair AUC per prompt kind)."""
+    pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]]
+    rows = []
+    cos = [float(matched_cosines(a.decoder, b.decoder).mean()) for a, b in pairs]
+    rows.append({"method": "policy", "score": "matched_decoder_cosine", "value": float(np.mean(cos)), "detail": {"pairwise": cos}})
+
+    def top_dirs(r: SeedRun) -> np.ndarray:
+        return r.decoder[np.argsort(-np.abs(r.coef), kind="stable")[:top]]
+
+    overlap = [float((matched_cosines(top_dirs(a), top_dirs(b)) > 0.9).mean()) for a, b in pairs]
+    rows.append({"method": "policy", "score": f"top{top}_overlap", "value": float(np.mean(overlap)), "detail": {"pairwise": overlap}})
+    for name in ("r2", "loo_r2", "accuracy"):
+        vals = [getattr(r, name) for r in runs]
+        rows.append({"method": "policy", "score": f"{name}_spread", "value": float(max(vals) - min(vals)), "detail": {"values": vals}})
+    for score in runs[0].scores:
+        rho = [spearman(a.scores[score], b.scores[score]) for a, b in pairs]
+        detail = {"pairwise": rho}
+        for kind, mask in (("harmful", harmful_prompt), ("harmless", ~harmful_prompt)):
+            if is_bad[mask].any() and (~is_bad[mask]).any():
+                spread, aucs = auc_spread([r.scores[score] for r in runs], is_bad, mask)
+                detail[f"auc_{kind}"] = aucs
+                detail[f"auc_spread_{kind}"] = spread
+        rows.append({"method": "pair_score", "score": score, "value": float(np.nanmean(rho)), "detail": detail})
+    return rows
+
+
+STABLE_SCORES = ("alignment_refit", "alignment_linear", "correctness_shift", "dy_harmful")
+
+
+def run_stability(runtime, config, pairs, *, sae_dirs: Sequence[tuple[int, str]], progress: bool = True) -> list[SeedRun]:
+    """For each (seed, SAE folder): read the probes through that SAE, fit the policy, measure and attribute the pairs."""
+    from smda_core.api import attribute, measure_probes, measure_shifts
+    from smda_core.model.loading import load_sae
+    from smda_core.policy.fit import fit_policy
+
+    runs = []
+    for seed, path in sae_dirs:
+        sae = load_sae(path=str(path))
+        r = runtime.with_sae(sae)
+        probes = measure_probes(r, progress=False)
+        policy = fit_policy(probes, config.policy)
+        s = attribute(policy, probes, measure_shifts(r, policy, pairs, progress=progress), pairs, config).pair_summary
+        runs.append(SeedRun(seed, policy.feature_ids, policy.coef, sae.W_dec.detach().double().numpy()[policy.feature_ids],
+                            policy.r2, policy.loo_r2, policy.accuracy,
+                            {k: np.asarray(s[k], dtype=float) for k in STABLE_SCORES}))
+    return runs

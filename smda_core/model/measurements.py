@@ -1,0 +1,86 @@
+"""What the model runtime measures, as plain arrays: the probe readout and the pairs' shifts.
+
+These are the values that pass from the steps that run the model to the numpy steps (policy,
+attribution), so this module imports neither torch nor a model. Each converts to and from a
+flat dict of arrays (`as_arrays` / `from_arrays`) that `smda_core.store.arrays` writes as NPZ
+without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from smda_core.config import ShiftSettings
+from smda_core.errors import SMDAError
+
+
+@dataclass
+class ProbeScores:
+    """The base model on the probes: sparse features (COO), behaviour y, refusal_prob, refused.
+
+    Shapes: per probe (n,): probe_ids, category, harmful, refused, behaviour, refusal_prob;
+    COO over (probe index, SAE feature) with activation ≠ 0: coo_probe, coo_feature, coo_value.
+    """
+
+    probe_ids: np.ndarray
+    category: np.ndarray
+    harmful: np.ndarray
+    refused: np.ndarray
+    refused_source: str  # 'file' or 'greedy'
+    behaviour: np.ndarray
+    refusal_prob: np.ndarray
+    coo_probe: np.ndarray
+    coo_feature: np.ndarray
+    coo_value: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class PairShifts:
+    """Measured shifts of m pairs over n probes and k policy features (float64 arrays).
+
+    dX_exact / dX_linearised: (m, n, k) raw SAE activation change; dY, dP: (m, n) change of
+    the behaviour and of refusal_prob; X_base (n, k); active_flips (m,) from the exact
+    re-encoding; prompt_X (m, k) activations on each pair's own prompt; seconds (m,).
+    """
+
+    pair_ids: list[str]
+    feature_ids: np.ndarray
+    X_base: np.ndarray
+    y_base: np.ndarray
+    p_base: np.ndarray
+    dX_exact: np.ndarray
+    dX_linearised: np.ndarray
+    dY: np.ndarray
+    dP: np.ndarray
+    active_flips: np.ndarray
+    prompt_X: np.ndarray
+    seconds: np.ndarray
+    settings: ShiftSettings
+
+    ARRAYS = ("feature_ids", "X_base", "y_base", "p_base", "dX_exact", "dX_linearised", "dY", "dP", "active_flips",
+              "prompt_X", "seconds")
+
+    def dX(self, mode: str) -> np.ndarray:
+        if mode == "exact":
+            return self.dX_exact
+        if mode == "linearised":
+            return self.dX_linearised
+        raise SMDAError(f"shifts.delta_x '{mode}' is unknown: use 'exact' or 'linearised'")
+
+    def as_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Arrays (pair ids as unicode) and JSON metadata (the settings), for a pickle-free file."""
+        arrays = {name: np.asarray(getattr(self, name)) for name in self.ARRAYS}
+        arrays["pair_ids"] = np.asarray(self.pair_ids, dtype=str)
+        return arrays, {"settings": self.settings.model_dump()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> PairShifts:
+        return cls(pair_ids=arrays["pair_ids"].tolist(), settings=ShiftSettings(**meta["settings"]),
+                   **{name: arrays[name] for name in cls.ARRAYS})
+
+    def __repr__(self) -> str:
+        return f"PairShifts(m={len(self.pair_ids)}, n={self.dY.shape[1] if self.dY.ndim == 2 else 0}, k={len(self.feature_ids)}, {json.dumps(self.settings.model_dump())})"
