@@ -15,7 +15,7 @@ def run_curate(config_path: str | None, warehouse_path: str | None, *, rule: str
 
     from smda_core.experiments import curation
     from smda_core.api import load_world
-    from smda_core.store.warehouse import query
+    from smda_core.store.query import query
 
     smda = SMDAResource(config_path=config_path, warehouse_path=warehouse_path)
     cfg = smda.config()

@@ -23,7 +23,7 @@ def run_lds(config_path: str | None, warehouse_path: str | None, *, subsets: int
     from smda_core.api import load_world
     from smda_core.errors import SMDAError
     from smda_core.model.runtime import behaviour_from_logp, read_probes
-    from smda_core.store.warehouse import query
+    from smda_core.store.query import query
 
     if not 0 < fraction < 1 or subsets < 3:
         raise SMDAError("lds needs --subsets ≥ 3 and 0 < --fraction < 1")
