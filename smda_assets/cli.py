@@ -27,7 +27,8 @@ EXAMPLE_QUERIES = {
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    """Print the error on one line (verbatim: SQL and labels hold brackets) and exit with code 1."""
+    console.print(f"[bold red]error:[/] {escape(' '.join(str(exc).split()))}", soft_wrap=True)
     raise typer.Exit(code=1)
 
 
