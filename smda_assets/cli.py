@@ -20,7 +20,7 @@ class _Commands(TyperGroup):
         try:
             return super().invoke(ctx)
         except SMDAError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}")
+            console.print(f"[bold red]error:[/] {escape(' '.join(str(exc).split()))}", soft_wrap=True)  # one line, verbatim
             raise typer.Exit(code=1) from None
 
 
@@ -52,7 +52,7 @@ def demo(warehouse: WarehouseOpt = None) -> None:
     _materialize(None, warehouse)
     path = _warehouse(None, warehouse)
     _show_policy(path)
-    from smda_core.store.warehouse import query
+    from smda_core.store.query import query
 
     print_rows(query(path, "SELECT pair_id, dominant_feature, dominant_label, round(interference, 3) AS interference "
                              "FROM smda.v_interference ORDER BY interference DESC LIMIT 5"), "Five most interfering pairs")
@@ -95,7 +95,7 @@ def ingest(config: ConfigOpt = None, warehouse: WarehouseOpt = None,
         console.print(f"[bold red]batch {batch} failed:[/] {error}")
     if report.retired:
         console.print(f"retired superseded partitions (rows kept on record): {', '.join(report.retired)}")
-    from smda_core.store.warehouse import query
+    from smda_core.store.query import query
 
     print_rows(query(_warehouse(config, warehouse), "SELECT batch_id, source_file, n_pairs, status, superseded_by "
                                                       "FROM smda.v_sft_batches"), "SFT batches")
@@ -152,7 +152,7 @@ def query_cmd(sql: str, config: ConfigOpt = None, warehouse: WarehouseOpt = None
               format: Annotated[str, typer.Option("--format", help="table|csv|json|parquet")] = "table",
               out: Annotated[Path | None, typer.Option("--out", help="file to write (csv/json/parquet)")] = None) -> None:
     """Run SQL on a read-only connection to the warehouse."""
-    from smda_core.store.warehouse import query
+    from smda_core.store.query import query
 
     if format not in ("table", "csv", "json", "parquet"):
         raise SMDAError(f"--format {format}: use table, csv, json or parquet")
@@ -181,7 +181,7 @@ def query_cmd(sql: str, config: ConfigOpt = None, warehouse: WarehouseOpt = None
 
 
 def _show_policy(path: Path) -> None:
-    from smda_core.store.warehouse import query
+    from smda_core.store.query import query
 
     fit = query(path, "SELECT * FROM smda.v_policy_fit").to_pylist()
     if not fit:
@@ -294,7 +294,7 @@ def validate_stability(sae_seeds: Annotated[int, typer.Option(help="SAEs that di
 def separation(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     """How well each pair score separates the deliberately bad pairs from the good ones of the same prompt kind (AUC)."""
     from smda_core.attribution.separation import separation_table
-    from smda_core.store.warehouse import query
+    from smda_core.store.query import query
 
     path = _warehouse(config, warehouse)
     rows = query(path, "SELECT s.*, p.kind FROM smda.v_pair_summary s JOIN smda.v_sft_pairs p USING (pair_id)")

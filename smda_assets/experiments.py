@@ -19,7 +19,7 @@ def curate(smda: SMDAResource, *, rule: str | None = None, n_random: int | None 
     """Drop pairs by a rule, retrain full / curated / oracle / random variants, store them in `smda.curation`."""
     from smda_core.api import load_runtime
     from smda_core.experiments.curation import run_experiment
-    from smda_core.store.warehouse import query
+    from smda_core.store.query import query
 
     cfg = smda.config()
     wh = smda.warehouse
@@ -42,7 +42,7 @@ def lds(smda: SMDAResource, *, subsets: int = 8, fraction: float = 0.5, peer: bo
     """Counterfactual agreement of the stored attributions with retrained subsets; stored in `smda.validation`."""
     from smda_core.api import load_runtime
     from smda_core.experiments.lds import run_lds
-    from smda_core.store.warehouse import query
+    from smda_core.store.query import query
 
     cfg = smda.config()
     wh = smda.warehouse

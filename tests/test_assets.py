@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import CACHE, ROOT
 from smda_core import inputs
-from smda_core.store.warehouse import query, row_counts
+from smda_core.store.query import query, row_counts
 
 CONTRACT = {
     "v_policy": {"feature_id", "rank", "coef", "label", "mean", "std", "direction"},

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import CACHE, demo_config
-from smda_core.store.warehouse import query
+from smda_core.store.query import query
 
 PAIR_TABLES = ["sft_pairs", "pair_summary", "pair_attribution", "pair_shifts", "pair_group_effects", "pair_group_shift"]
 pytestmark = pytest.mark.slow

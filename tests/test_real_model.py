@@ -82,7 +82,7 @@ def test_small_sae_is_sane(small_world):
 
 
 def test_contract_views_have_rows(small_world):
-    from smda_core.store.warehouse import query
+    from smda_core.store.query import query
 
     for view in CONTRACT_VIEWS:
         n = query(small_world["warehouse"], f"SELECT count(*) AS n FROM smda.{view}").to_pylist()[0]["n"]

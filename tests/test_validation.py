@@ -61,7 +61,7 @@ def test_stability_across_sae_seeds_stores_figures_equal_to_an_independent_compu
     from conftest import CACHE
     from smda_assets.experiments import stability
     from smda_assets.resources import SMDAResource
-    from smda_core.store.warehouse import query
+    from smda_core.store.query import query
 
     cfg = tmp_path / "smda.yaml"
     cfg.write_text(yaml.safe_dump({"demo": {"cache_dir": CACHE}, "warehouse": str(tmp_path / "warehouse.duckdb")}))

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from smda_core.store import warehouse as wh
+from smda_core.store.query import ibis_connection, query, row_counts
 from smda_core.errors import SMDAError
 
 CONTRACT = {  # DESIGN §6 key columns, and the brief's extras
@@ -168,7 +169,7 @@ def test_every_view_exists_on_an_empty_warehouse_with_contract_columns(db):
         assert con.execute(f"SELECT count(*) FROM smda.{view}").fetchone() == (0,)
     wh.apply_views(con)  # re-applying is safe
     con.close()
-    assert set(wh.row_counts(db)) >= set(CONTRACT)
+    assert set(row_counts(db)) >= set(CONTRACT)
 
 
 def test_apply_views_rolls_back_on_a_broken_file(db, tmp_path):
@@ -304,11 +305,11 @@ def test_query_refuses_writes_and_leaves_warehouse_unchanged(db, sql):
     wh.replace_table(con, "features", pa.table({"probe_id": ["a"], "feature_id": pa.array([1], pa.int32()),
                                                 "activation": [2.0]}))
     con.close()
-    before = wh.query(db, "SELECT * FROM smda.v_features")
+    before = query(db, "SELECT * FROM smda.v_features")
     with pytest.raises(SMDAError, match="read-only"):
-        wh.query(db, sql)
-    assert wh.query(db, "SELECT * FROM smda.v_features").equals(before)
-    assert wh.row_counts(db)["v_features"] == 1
+        query(db, sql)
+    assert query(db, "SELECT * FROM smda.v_features").equals(before)
+    assert row_counts(db)["v_features"] == 1
 
 
 def test_query_returns_arrow_with_bound_parameters(db):
@@ -316,10 +317,10 @@ def test_query_returns_arrow_with_bound_parameters(db):
     wh.apply_views(con)
     wh.replace_partition(con, "sft_pairs", "batch_id", "A", make_sft("A"))
     con.close()
-    out = wh.query(db, "SELECT pair_id FROM smda.v_sft_pairs WHERE pair_id = ?", ["A-1"])
+    out = query(db, "SELECT pair_id FROM smda.v_sft_pairs WHERE pair_id = ?", ["A-1"])
     assert isinstance(out, pa.Table) and out.to_pylist() == [{"pair_id": "A-1"}]
     with pytest.raises(SMDAError, match="query failed"):
-        wh.query(db, "SELECT nope FROM smda.v_sft_pairs")
+        query(db, "SELECT nope FROM smda.v_sft_pairs")
 
 
 def test_ibis_connection_reads_a_view(db):
@@ -331,7 +332,7 @@ def test_ibis_connection_reads_a_view(db):
                                                        "direction": ["harmful", "harmless"]}))
     wh.replace_table(con, "feature_labels", pa.table({"feature_id": pa.array([7], pa.int32()), "label": ["refusal"]}))
     con.close()
-    ib = wh.ibis_connection(db)
+    ib = ibis_connection(db)
     try:
         policy = ib.table("v_policy", database="smda")
         df = policy.order_by("rank").select("feature_id", "label", "coef").to_pandas()

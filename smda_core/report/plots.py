@@ -113,7 +113,7 @@ QUERIES = {
 
 def write_plots(warehouse: str | Path, out_dir: str | Path, *, dpi: int = 120) -> dict[str, Path]:
     """One PNG per figure of :data:`QUERIES` whose view has rows; returns name → file."""
-    from smda_core.store.warehouse import query
+    from smda_core.store.query import query
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The DuckDB warehouse: table layouts, atomic writes, the public views and read-only queries.
+"""The DuckDB warehouse: table layouts, atomic writes and the public views.
 
 This module owns DuckDB. One file (default ``warehouse/warehouse.duckdb``) holds schema
 ``smda``; tables hold what the pipeline materialises and the views in ``sql/*.sql`` are the
@@ -10,8 +10,9 @@ re-run replaces rows instead of duplicating them. Values always travel as bound 
 DuckDB allows one writing process, and a reader cannot open the file while another process
 writes it: it fails at once ("Could not set lock on file"). :func:`session` waits instead: it
 holds an advisory lock beside the file (exclusive to write, shared to read) for as long as its
-connection is open, so parallel Dagster steps and queries take turns rather than fail. Queries
-open the file read-only (:func:`query`, :func:`ibis_connection`, :func:`row_counts`).
+connection is open, so parallel Dagster steps and queries take turns rather than fail. The
+user-facing read side (``query``, ``ibis_connection``, ``row_counts``) lives in
+:mod:`smda_core.store.query`, which opens the file read-only and locked down.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import fcntl
 import re
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +32,7 @@ from smda_core.errors import SMDAError
 
 SCHEMA = "smda"
 DEFAULT_PATH = Path("warehouse/warehouse.duckdb")
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 _S, _F, _I32, _I64, _B = pa.string(), pa.float64(), pa.int32(), pa.int64(), pa.bool_()
 
@@ -118,12 +118,16 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(ddl(name))
 
 
-def connect(path: str | Path = DEFAULT_PATH, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(path: str | Path = DEFAULT_PATH, read_only: bool = False,
+            config: dict | None = None) -> duckdb.DuckDBPyConnection:
     """Open the warehouse file.
 
     Args:
         path: the DuckDB file; its parent folder is created when writing.
         read_only: open for queries only (many readers may share the file; one writer may not).
+        config: DuckDB settings applied when the file opens (the locked-down query connection of
+            :mod:`smda_core.store.query`). DuckDB shares one database per file within a process, so
+            every connection a process holds open on a file needs the same ``read_only`` and ``config``.
 
     Returns:
         A DuckDB connection; writing connections already hold schema ``smda`` and its tables.
@@ -140,10 +144,12 @@ def connect(path: str | Path = DEFAULT_PATH, read_only: bool = False) -> duckdb.
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        con = duckdb.connect(str(path), read_only=read_only)
+        con = duckdb.connect(str(path), read_only=read_only, config=config or {})
     except duckdb.Error as e:
-        raise SMDAError(f"cannot open warehouse {path}{' read-only' if read_only else ''}: {e} "
-                        "(DuckDB allows one writing process; is another step or session writing to it?)") from e
+        why = ("this process already holds a connection to it opened differently (a write session, or a "
+               "query connection); close that one first" if "different configuration" in str(e) else
+               "DuckDB allows one writing process; is another step or session writing to it?")
+        raise SMDAError(f"cannot open warehouse {path}{' read-only' if read_only else ''}: {e} ({why})") from e
     if not read_only:
         ensure_schema(con)
     return con
@@ -315,79 +321,3 @@ def apply_views(con: duckdb.DuckDBPyConnection, sql_dir: str | Path = SQL_DIR) -
         con.rollback()
         raise
     return [f.name for f in files]
-
-
-def query(path: str | Path, sql: str, params: list | None = None) -> pa.Table:
-    """Run ``sql`` on a read-only connection and return the result as an Arrow table.
-
-    Raises:
-        SMDAError: the statement writes (INSERT, DROP, CREATE, ...): the warehouse is opened
-            read-only for queries; or the query fails otherwise.
-    """
-    with session(path, read_only=True) as con:
-        try:
-            rel = con.sql(sql, params=params) if params else con.sql(sql)
-            return rel.to_arrow_table() if rel is not None else pa.table({})
-        except duckdb.Error as e:
-            if "read-only" in str(e):
-                raise SMDAError(f"the warehouse {path} is opened read-only for queries; writes (INSERT, UPDATE, DELETE, "
-                                f"CREATE, DROP, ...) go through the pipeline: {e}") from e
-            raise SMDAError(f"query failed on {path}: {e}") from e
-
-
-class _DuckDB2Compat:
-    """A DuckDB connection with the cursor methods ibis 12 calls, which DuckDB 2 removed from connections.
-
-    ibis 12's ``list_tables``, ``list_databases``, ``sql`` and ``to_pyarrow_batches`` call
-    ``con.execute(...).fetch_arrow_table()`` / ``.fetch_record_batch()``; DuckDB 2.0 names them
-    ``to_arrow_table`` / ``to_arrow_reader``. Everything else is the wrapped connection's.
-    """
-
-    def __init__(self, con: duckdb.DuckDBPyConnection):
-        self._con = con
-
-    def __getattr__(self, name):
-        return getattr(self._con, name)
-
-    def execute(self, *args, **kwargs):
-        self._con.execute(*args, **kwargs)
-        return self
-
-    def fetch_arrow_table(self) -> pa.Table:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")
-            return self._con.to_arrow_table()
-
-    def fetch_record_batch(self, rows_per_batch: int = 1_000_000) -> pa.RecordBatchReader:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")
-            return self._con.to_arrow_reader(rows_per_batch)
-
-
-def ibis_connection(path: str | Path = DEFAULT_PATH):
-    """A read-only ibis DuckDB backend on the warehouse.
-
-    Read a view with ``con.table("v_policy", database="smda")``; ``con.list_tables(database="smda")``
-    lists the tables and views. Writes fail (the file is opened read-only).
-    """
-    import ibis
-
-    path = Path(path)
-    if not path.exists():
-        raise SMDAError(f"no warehouse at {path}: materialise the pipeline first")
-    try:
-        backend = ibis.duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as e:
-        raise SMDAError(f"cannot open warehouse {path} read-only: {e}") from e
-    if not hasattr(backend.con, "fetch_arrow_table"):
-        backend.con = _DuckDB2Compat(backend.con)
-    return backend
-
-
-def row_counts(path: str | Path = DEFAULT_PATH) -> dict[str, int]:
-    """Row count of every public view ``smda.v_*``, by view name."""
-    with session(path, read_only=True) as con:
-        views = [v for (v,) in con.execute(
-            "SELECT view_name FROM duckdb_views() WHERE schema_name = ? AND starts_with(view_name, 'v_') "
-            "ORDER BY view_name", [SCHEMA]).fetchall()]
-        return {v: con.execute(f"SELECT count(*) FROM {_table_ref(v)}").fetchone()[0] for v in views}

@@ -15,7 +15,7 @@ def linear_vs_refit(warehouse: str | Path) -> dict:
     """Agreement of the paper's first-order attribution with the exact refit, per (pair, feature) Δβ and per pair."""
     from scipy.stats import spearmanr
 
-    from smda_core.store.warehouse import query
+    from smda_core.store.query import query
 
     t = query(warehouse, """
         SELECT r.pair_id, r.feature_id, r.delta_beta AS refit, l.delta_beta AS linear
@@ -34,7 +34,7 @@ def linear_vs_refit(warehouse: str | Path) -> dict:
 def world_figures(warehouse: str | Path) -> dict:
     """Everything the README section reports, as plain numbers and tables (lists of dicts)."""
     from smda_core.attribution.separation import separation_table
-    from smda_core.store.warehouse import query
+    from smda_core.store.query import query
 
     probes = query(warehouse, "SELECT harmful, avg(refusal_prob) AS mean_refusal, count(*) AS n FROM smda.v_probe_scores GROUP BY harmful").to_pylist()
     by = {r["harmful"]: r["mean_refusal"] for r in probes}
