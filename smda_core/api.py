@@ -111,7 +111,7 @@ def train_sae(cfg: SMDAConfig, *, progress: bool = True) -> tuple[Path, dict]:
         if not files:
             raise SMDAError("sae_training.corpus must name at least one JSONL file for a non-demo model")
     from smda_core.model.loading import decoder_layers, load_model
-    from smda_core.model.sae_training import SAETrainSpec, read_corpus, train_sae_on_model
+    from smda_core.model.sae_training import read_corpus, train_sae_on_model
 
     model, tokenizer = load_model(str(model_path), dtype="float32", device=cfg.model.device,
                                   trust_remote_code=cfg.model.trust_remote_code)
@@ -119,8 +119,6 @@ def train_sae(cfg: SMDAConfig, *, progress: bool = True) -> tuple[Path, dict]:
     layer = n_layers // 2 if layer is None else layer
     if not 0 <= layer < n_layers:
         raise SMDAError(f"sae_training.hook_layer={layer} is out of range: the model has {n_layers} blocks")
-    spec = SAETrainSpec(hook_layer=layer, d_sae=st.d_sae, k=st.k, architecture=st.architecture, l1_coefficient=st.l1_coefficient,
-                        n_tokens=st.n_tokens, eval_tokens=st.eval_tokens, chunk_tokens=st.chunk_tokens, steps=st.steps,
-                        batch_size=st.batch_size, lr=st.lr, seed=st.seed)
+    spec = st.replace(hook_layer=layer)
     return train_sae_on_model(model_path, read_corpus(files), spec, st.cache_dir, model=model, tokenizer=tokenizer,
                               progress=progress)

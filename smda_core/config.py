@@ -183,8 +183,14 @@ class WatchSection(_Strict):
     schedule_running: bool = Field(False, description="schedule on by default under the daemon")
 
 
-class SAETrainingSection(_Strict):
-    """`smda sae train`: an SAE on the residual stream of `model` (or the demo's) from a corpus (issue 6)."""
+class SAETrainingSettings(_Strict):
+    """`smda sae train`: an SAE on the residual stream of `model` (or the demo's) from a corpus.
+
+    Everything here but `corpus` and `cache_dir` decides the SAE, and its hash names the cache
+    folder. `topk` and `batchtopk` are the paper's family (BatchTopK keeps k active on average
+    over a batch and is saved as a JumpReLU SAE with the learnt global threshold, as sae-lens
+    does); `standard` is a ReLU SAE with an L1 penalty.
+    """
 
     corpus: tuple[str, ...] = Field((), description="JSONL files of prompt + response (or text) rows; empty = the demo world's SFT pairs")
     hook_layer: int | None = Field(None, description="block L (resid_post); None = model.hook_layer, else the middle block")
@@ -194,12 +200,19 @@ class SAETrainingSection(_Strict):
     l1_coefficient: float = Field(5.0, ge=0, description="standard architecture only")
     n_tokens: int = Field(200_000, gt=0, description="activation tokens collected for training")
     eval_tokens: int = Field(8192, gt=0, description="held-out tokens for the report")
+    max_seq_tokens: int = Field(256, gt=0, description="longest corpus sequence read")
     chunk_tokens: int = Field(16384, gt=0, description="activations per on-disk chunk (memory stays flat)")
     steps: int = Field(3000, gt=0)
     batch_size: int = Field(1024, gt=0)
     lr: float = Field(2e-3, gt=0)
     seed: int = 0
+    skip_template_prefix: bool = Field(True, description="leave out the chat template's shared opening tokens")
+    checkpoint_every: int = Field(250, gt=0, description="steps between resumable checkpoints")
     cache_dir: str = Field(".cache/smda-sae", description="trained SAEs, by hash of model, corpus and settings")
+
+    def identity(self) -> dict:
+        """The fields that decide the trained SAE (what keys its cache)."""
+        return self.model_dump(exclude={"corpus", "cache_dir"})
 
 
 class SMDAConfig(_Strict):
@@ -215,7 +228,7 @@ class SMDAConfig(_Strict):
     demo: DemoSection = DemoSection()
     data: DataSection = DataSection()
     watch: WatchSection = WatchSection()
-    sae_training: SAETrainingSection = SAETrainingSection()
+    sae_training: SAETrainingSettings = SAETrainingSettings()
     warehouse: str = "warehouse/warehouse.duckdb"
 
     @property

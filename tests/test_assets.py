@@ -184,3 +184,37 @@ def test_two_warehouses_in_one_folder_keep_their_own_staged_batches(tmp_path):
     assert demo.stage.load_json("batch-0000", "source") == {"model": "demo"}
     assert real.stage.load_json("batch-0000", "source") == {"model": "smollm2"}
     assert demo.stage.folder("batch-0000") != real.stage.folder("batch-0000")
+
+
+def test_a_pickle_planted_in_the_warehouse_folder_is_never_loaded(built, tmp_path):
+    """Whoever can write the warehouse folder must not run code in the next step (no pickles anywhere)."""
+    import pickle
+
+    from smda_assets.run import materialize_all
+    from smda_core.errors import SMDAError
+    from smda_core.store.staging import Stage
+
+    cfg, wh, _, batches = built
+    marker = tmp_path / "code_ran"
+
+    class Payload:
+        def __reduce__(self):  # unpickling this would create `marker`
+            return (open, (str(marker), "w"))
+
+    payload = pickle.dumps(Payload())
+    files = wh.with_name(wh.stem + ".files")
+    planted = [files / "artifacts" / "policy.pkl", files / "artifacts" / "probe_scores.pkl"]
+    planted += [files / "staging" / b / name for b in batches for name in ("shifts.pkl", "source.pkl")]
+    for path in planted:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload)
+    materialize_all(str(cfg))  # the whole pipeline again: readout, policy, every batch, the loader
+    assert not marker.exists()
+    # an array file that carries a pickled object is refused, not loaded
+    stage = Stage(tmp_path / "staging")
+    stage.folder("b").mkdir(parents=True)
+    np.savez(stage.folder("b") / "shifts.npz", __schema__=np.asarray('{"schema": "pair_shifts", "version": 1, "meta": {}}'),
+             pair_ids=np.array([Payload()], dtype=object))
+    with pytest.raises(SMDAError, match="not an array file"):
+        stage.load_shifts("b")
+    assert not marker.exists()

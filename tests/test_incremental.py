@@ -37,8 +37,8 @@ def demo_sources():
 
 @pytest.fixture(scope="module")
 def demo_rows(demo_sources):
-    probes = [json.loads(line) for line in Path(demo_sources["probes"]).read_text().splitlines()]
-    pairs = [json.loads(line) for line in Path(demo_sources["sft"][0]).read_text().splitlines()]
+    probes = [json.loads(line) for line in Path(demo_sources.probes).read_text().splitlines()]
+    pairs = [json.loads(line) for line in Path(demo_sources.sft[0]).read_text().splitlines()]
     random.Random(0).shuffle(probes)
     return probes[:90], pairs
 
@@ -216,7 +216,7 @@ def test_changing_probes_or_sae_marks_policy_and_every_batch_stale_and_ingest_re
 
     probes, pairs = demo_rows
     sae = tmp_path / "sae"
-    shutil.copytree(demo_sources["sae"]["path"], sae)
+    shutil.copytree(demo_sources.sae["path"], sae)
     s = Setup(tmp_path / "w", probes[:70], sae_path=str(sae))
     _write_jsonl(s.inbox / "a.jsonl", pairs[0:2])
     _write_jsonl(s.inbox / "b.jsonl", pairs[2:4])

@@ -100,12 +100,13 @@ def test_interrupted_training_resumes_bit_for_bit(tmp_path):
 
     from smda_core.worlds.demo.build import ensure_demo_world
     from smda_core.model.loading import load_model
-    from smda_core.model.sae_training import SAETrainSpec, TrainingPaused, read_corpus, train_sae_on_model
+    from smda_core.config import SAETrainingSettings
+    from smda_core.model.sae_training import TrainingPaused, read_corpus, train_sae_on_model
 
     paths = ensure_demo_world(demo_config().demo, progress=False)
     model, tok = load_model(str(paths.model))
     rows = read_corpus([*sorted(paths.sft_dir.glob("*.jsonl"))])
-    spec = SAETrainSpec(hook_layer=2, d_sae=128, k=8, n_tokens=3000, eval_tokens=600, chunk_tokens=800, steps=60,
+    spec = SAETrainingSettings(hook_layer=2, d_sae=128, k=8, n_tokens=3000, eval_tokens=600, chunk_tokens=800, steps=60,
                         batch_size=128, checkpoint_every=1000)
     with pytest.raises(TrainingPaused):
         train_sae_on_model(paths.model, rows, spec, tmp_path / "a", model=model, tokenizer=tok, progress=False, stop_after=25)

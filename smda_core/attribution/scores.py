@@ -129,8 +129,20 @@ def attribute_pairs(
         chunk_size: pairs processed at once (bounds temporary memory).
     """
     methods = _check_methods(methods, primary)
-    n, k = policy.n, policy.k
     pair_ids = np.asarray(pair_ids)
+    dX, dY, dP, pair_prompt_X, harmful, category, flips = _checked_inputs(
+        policy, pair_ids, dX, dY, dP, pair_prompt_X, probe_harmful, probe_category, active_flips, intended)
+    dZ = policy.shift(dX)
+    splits = {meth: _delta_beta(meth, policy, dZ, dY, chunk_size) for meth in methods}
+    summary = _summary(policy, pair_ids, splits, primary, dY, dP, harmful, flips, pair_prompt_X, intended, intended_top)
+    effects, shifts = _group_tables(policy, pair_ids, splits[primary].total, dZ, dY, dP, harmful, category, chunk_size)
+    return AttributionResult(_attribution_table(policy, pair_ids, splits, methods), summary, effects, shifts, splits, primary)
+
+
+def _checked_inputs(policy: Policy, pair_ids: np.ndarray, dX, dY, dP, pair_prompt_X, probe_harmful, probe_category,
+                    active_flips, intended) -> tuple:
+    """The arrays as float64 with their shapes checked; active flips counted here when the caller has none."""
+    n, k = policy.n, policy.k
     m = pair_ids.shape[0]
     dX = np.asarray(dX, dtype=np.float64)
     dY = np.asarray(dY, dtype=np.float64)
@@ -153,34 +165,40 @@ def attribute_pairs(
         flips = np.asarray(active_flips, dtype=np.int64)
         if flips.shape != (m,):
             raise InputError(f"active_flips must have shape ({m},); got {flips.shape}", field="active_flips")
+    return dX, dY, dP, pair_prompt_X, harmful, category, flips
 
-    # Δβ per method, in chunks of pairs
-    dZ_all = policy.shift(dX)
-    splits: dict[str, PathwaySplit] = {}
-    for meth in methods:
-        parts = [_SOLVERS[meth](policy.Z, policy.fit, dZ_all[s : s + chunk_size], dY[s : s + chunk_size]) for s in range(0, m, chunk_size)]
-        if parts:
-            splits[meth] = PathwaySplit(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("total", "via_x", "via_y", "via_xy")))
-        else:
-            z = np.zeros((0, k))
-            splits[meth] = PathwaySplit(z, z, z, z)
-    beta = policy.coef
-    fids = policy.feature_ids
 
-    # pair_attribution: pair × method × feature
-    n_meth = len(methods)
-    pa_cols: dict[str, Any] = {
+def _delta_beta(method: str, policy: Policy, dZ: np.ndarray, dY: np.ndarray, chunk_size: int) -> PathwaySplit:
+    """Δβ of every pair under one method, in chunks of pairs (bounds temporary memory)."""
+    m = dZ.shape[0]
+    parts = [_SOLVERS[method](policy.Z, policy.fit, dZ[s : s + chunk_size], dY[s : s + chunk_size]) for s in range(0, m, chunk_size)]
+    if not parts:
+        z = np.zeros((0, policy.k))
+        return PathwaySplit(z, z, z, z)
+    return PathwaySplit(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("total", "via_x", "via_y", "via_xy")))
+
+
+def _attribution_table(policy: Policy, pair_ids: np.ndarray, splits: dict[str, PathwaySplit], methods: tuple[str, ...]) -> dict:
+    """pair_attribution: one row per pair × method × policy feature."""
+    m, k, n_meth = pair_ids.shape[0], policy.k, len(methods)
+    cols: dict[str, Any] = {
         "pair_id": np.repeat(pair_ids, n_meth * k),
-        "feature_id": np.tile(fids, m * n_meth),
+        "feature_id": np.tile(policy.feature_ids, m * n_meth),
         "method": np.tile(np.repeat(np.asarray(methods, dtype=object), k), m),
     }
     for col in ("delta_beta", "via_x", "via_y", "via_xy"):
         attr = "total" if col == "delta_beta" else col
-        pa_cols[col] = np.stack([getattr(splits[meth], attr) for meth in methods], axis=1).reshape(-1)
-    pa_cols["contribution"] = pa_cols["delta_beta"] * np.tile(beta, m * n_meth)
+        cols[col] = np.stack([getattr(splits[meth], attr) for meth in methods], axis=1).reshape(-1)
+    cols["contribution"] = cols["delta_beta"] * np.tile(policy.coef, m * n_meth)
+    return cols
 
-    # pair_summary
-    primary_db = splits[primary].total
+
+def _summary(policy: Policy, pair_ids: np.ndarray, splits: dict[str, PathwaySplit], primary: str, dY: np.ndarray,
+             dP: np.ndarray, harmful: np.ndarray, flips: np.ndarray, pair_prompt_X: np.ndarray,
+             intended: Sequence[Sequence[int] | None] | None, intended_top: int) -> dict:
+    """pair_summary: one row per pair (alignment per method, behaviour shifts, flips, interference)."""
+    beta, fids = policy.coef, policy.feature_ids
+    m = pair_ids.shape[0]
     align = {meth: (splits[meth].total @ beta if meth in splits else np.full(m, np.nan)) for meth in get_args(Method)}
     dp_h, dp_nh = _group_mean(harmful, dP), _group_mean(~harmful, dP)
     intended_lists: list[list[int]] = []
@@ -189,8 +207,8 @@ def attribute_pairs(
         given = None if intended is None else intended[i]
         chosen = [int(f) for f in given] if given is not None else default_intended(pair_prompt_X[i], fids, intended_top)
         intended_lists.append(chosen)
-        scores.append(interference(primary_db[i], fids, chosen))
-    summary: dict[str, Any] = {
+        scores.append(interference(splits[primary].total[i], fids, chosen))
+    return {
         "pair_id": pair_ids,
         "alignment": align[primary],
         "alignment_refit": align["refit"],
@@ -206,14 +224,18 @@ def attribute_pairs(
         "flagged": np.asarray([s.flagged for s in scores], dtype=bool),
     }
 
-    # group effects: pair × group × feature
+
+def _group_tables(policy: Policy, pair_ids: np.ndarray, primary_db: np.ndarray, dZ: np.ndarray, dY: np.ndarray,
+                  dP: np.ndarray, harmful: np.ndarray, category: np.ndarray, chunk_size: int) -> tuple[dict, dict]:
+    """pair_group_effects (pair × group × feature: activation and weight parts) and pair_group_shift (pair × group)."""
+    m, k, beta, fids = pair_ids.shape[0], policy.k, policy.coef, policy.feature_ids
     names, W, counts = _groups(harmful, category)
     g = len(names)
-    mean_dZ = np.concatenate([np.einsum("gn,mnk->mgk", W, dZ_all[s : s + chunk_size]) for s in range(0, m, chunk_size)]) if m else np.zeros((0, g, k))
+    mean_dZ = np.concatenate([np.einsum("gn,mnk->mgk", W, dZ[s : s + chunk_size]) for s in range(0, m, chunk_size)]) if m else np.zeros((0, g, k))
     mean_Z = W @ policy.Z  # (g, k)
     group_dy = dY @ W.T  # (m, g)
     group_dp = dP @ W.T
-    ge_cols: dict[str, Any] = {
+    effects: dict[str, Any] = {
         "pair_id": np.repeat(pair_ids, g * k),
         "group": np.tile(np.repeat(np.asarray(names, dtype=object), k), m),
         "feature_id": np.tile(fids, m * g),
@@ -221,11 +243,11 @@ def attribute_pairs(
         "weight_part": (mean_Z[None, :, :] * primary_db[:, None, :]).reshape(-1),
         "dy": np.repeat(group_dy.reshape(-1), k),
     }
-    gs_cols: dict[str, Any] = {
+    shifts: dict[str, Any] = {
         "pair_id": np.repeat(pair_ids, g),
         "group": np.tile(np.asarray(names, dtype=object), m),
         "n_probes": np.tile(counts, m),
         "dy": group_dy.reshape(-1),
         "dp": group_dp.reshape(-1),
     }
-    return AttributionResult(pa_cols, summary, ge_cols, gs_cols, splits, primary)
+    return effects, shifts

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from smda_core.config import SAETrainingSettings
 from smda_core.hashing import path_hash
 
 
@@ -109,38 +110,8 @@ def evaluate_sae(sae, chunks: Iterator[torch.Tensor]) -> SAEReport:
 # `smda sae train`: an SAE for any HF causal LM from a corpus, streamed in activation chunks.
 # ---------------------------------------------------------------------------------------------
 
-ARCHITECTURES = ("topk", "batchtopk", "standard")
 TRAINER_VERSION = 1
 
-
-@dataclass(frozen=True)
-class SAETrainSpec:
-    """Everything that decides the SAE (its hash names the cache folder).
-
-    `topk` and `batchtopk` are the paper's family (BatchTopK keeps k active on average over a
-    batch and is saved as a JumpReLU SAE with the learnt global threshold, as sae-lens does);
-    `standard` is a ReLU SAE with an L1 penalty.
-    """
-
-    hook_layer: int
-    d_sae: int = 2304
-    k: int = 32
-    architecture: str = "topk"
-    l1_coefficient: float = 5.0
-    n_tokens: int = 200_000
-    eval_tokens: int = 8_192
-    max_seq_tokens: int = 256
-    chunk_tokens: int = 16_384
-    steps: int = 3000
-    batch_size: int = 1024
-    lr: float = 2e-3
-    seed: int = 0
-    skip_template_prefix: bool = True
-    checkpoint_every: int = 250
-
-    def __post_init__(self):
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture '{self.architecture}' is unknown: choose one of {ARCHITECTURES}")
 
 
 def _encode_corpus(tokenizer, rows: list[dict], max_tokens: int) -> list[list[int]]:
@@ -240,7 +211,7 @@ class ActivationStore:
     def complete(self) -> bool:
         return self.manifest.exists()
 
-    def collect(self, model, seqs: list[list[int]], spec: SAETrainSpec, pad_id: int, progress: bool = True) -> dict:
+    def collect(self, model, seqs: list[list[int]], spec: SAETrainingSettings, pad_id: int, progress: bool = True) -> dict:
         import json
 
         if self.complete():
@@ -303,7 +274,7 @@ def _batch_topk(pre: torch.Tensor, k: int) -> torch.Tensor:
 class _Trainable(torch.nn.Module):
     """The SAE's parameters in training: a per-architecture activation, unit-norm decoder rows."""
 
-    def __init__(self, d_in: int, spec: SAETrainSpec, mean: torch.Tensor, gen: torch.Generator):
+    def __init__(self, d_in: int, spec: SAETrainingSettings, mean: torch.Tensor, gen: torch.Generator):
         super().__init__()
         w = torch.randn(d_in, spec.d_sae, generator=gen)
         w = w / w.norm(dim=0, keepdim=True)
@@ -357,14 +328,14 @@ def _to_sae_lens(t: _Trainable, scale: float, hook_name: str, model_name: str):
 
 
 
-def sae_cache_key(model_path: str | Path, rows: list[dict], spec: SAETrainSpec) -> str:
+def sae_cache_key(model_path: str | Path, rows: list[dict], spec: SAETrainingSettings) -> str:
     """Hash of the inputs: model files, corpus content, training spec, trainer version."""
     import hashlib
     import json
 
     payload = json.dumps({"model": path_hash(model_path) if Path(model_path).is_dir() else str(model_path),
                           "corpus": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest(),
-                          "spec": spec.__dict__, "version": TRAINER_VERSION}, sort_keys=True)
+                          "spec": spec.identity(), "version": TRAINER_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -372,7 +343,7 @@ class TrainingPaused(Exception):
     """Raised by `train_sae_on_model(stop_after=N)` after checkpointing at step N; call again to resume."""
 
 
-def train_sae_on_model(model_path: str | Path, rows: list[dict], spec: SAETrainSpec, cache_dir: str | Path, *,
+def train_sae_on_model(model_path: str | Path, rows: list[dict], spec: SAETrainingSettings, cache_dir: str | Path, *,
                        model=None, tokenizer=None, progress: bool = True, stop_after: int | None = None) -> tuple[Path, dict]:
     """Train (or reuse) an SAE on the residual stream after block `spec.hook_layer` of an HF causal LM.
 
@@ -465,7 +436,7 @@ def train_sae_on_model(model_path: str | Path, rows: list[dict], spec: SAETrainS
     report = evaluate_sae(sae, iter([store.eval_chunk()])).as_dict()
     report.update({"architecture": spec.architecture, "hook_name": hook_name, "n_tokens_train": info["n_tokens_train"],
                    "n_tokens_eval": report.pop("n_tokens"), "start_position": info["start_position"],
-                   "input_scale": scale, "steps": spec.steps, "key": key, "spec": spec.__dict__,
+                   "input_scale": scale, "steps": spec.steps, "key": key, "spec": spec.model_dump(),
                    "seconds": {"collect": t_collect - t0, "train": time.perf_counter() - t_collect}})
     tmp = root / f"sae.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -21,7 +21,8 @@ from smda_core.errors import SMDAError
 from smda_core.inputs.records import write_jsonl
 from smda_core.worlds.real import smollm2_recipe as recipe
 from smda_core.worlds.real.finetune import FinetuneSpec
-from smda_core.model.sae_training import SAETrainSpec
+from smda_core.config import SAETrainingSettings
+from smda_core.hashing import path_hash
 
 BUILDER_VERSION = 1
 HOOK_LAYER = 15  # middle of SmolLM2-135M's 30 blocks (zero-based): output of model.layers[15]
@@ -46,7 +47,7 @@ class RealRecipe:
     hook_layer: int = HOOK_LAYER
     shift_lr: float = 1e-3
     finetune: FinetuneSpec = field(default_factory=lambda: FinetuneSpec(steps=120, batch_size=8, lr=3e-4, train_from_layer=12))
-    sae: SAETrainSpec = field(default_factory=lambda: SAETrainSpec(
+    sae: SAETrainingSettings = field(default_factory=lambda: SAETrainingSettings(
         hook_layer=HOOK_LAYER, d_sae=2304, k=32, n_tokens=60_000, eval_tokens=8192, chunk_tokens=16_384, steps=600,
         batch_size=512))
 
@@ -60,7 +61,7 @@ def recipe_for(name: str, *, small: bool = False) -> RealRecipe:
         return full
     return replace(full, name="smollm2-small", n_corpus=320, n_sae_corpus=800, n_probes=36, n_pairs=8, bad_share=0.25,
                    finetune=replace(full.finetune, steps=20),
-                   sae=replace(full.sae, d_sae=1152, n_tokens=16_000, eval_tokens=4096, chunk_tokens=8192, steps=200))
+                   sae=full.sae.replace(d_sae=1152, n_tokens=16_000, eval_tokens=4096, chunk_tokens=8192, steps=200))
 
 
 def _hash(*parts) -> str:
@@ -91,9 +92,7 @@ class StepLog:
 
 
 def _finetune_key(base: Path, corpus: list[dict], spec: FinetuneSpec) -> str:
-    from smda_core.model.sae_training import _file_fingerprint
-
-    return _hash(_file_fingerprint(base), corpus, asdict(spec), BUILDER_VERSION)
+    return _hash(path_hash(base), corpus, asdict(spec), BUILDER_VERSION)
 
 
 def _finetune_step(base: Path, corpus: list[dict], spec: FinetuneSpec, cache_dir: Path, progress: bool) -> tuple[Path, dict]:
@@ -198,7 +197,7 @@ def build_real_world(name: str = "smollm2", *, small: bool = False, cache_dir: s
                 stamp.write_text(inputs_key)
         log.run("warehouse", mat, cached=up_to_date)
 
-    report = {"world": rec.name, "builder_version": BUILDER_VERSION, "recipe": asdict(rec), "config": str(cfg_path),
+    report = {"world": rec.name, "builder_version": BUILDER_VERSION, "recipe": {**asdict(rec), "sae": rec.sae.model_dump()}, "config": str(cfg_path),
               "warehouse": str(warehouse), "model": str(ft_path), "base_model": str(base), "sae": str(sae_path),
               "finetune": ft_report, "sae_report": sae_report, "steps": log.steps,
               "seconds_total": round(time.perf_counter() - t_start, 1),
