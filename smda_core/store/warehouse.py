@@ -32,7 +32,7 @@ from smda_core.errors import SMDAError
 
 SCHEMA = "smda"
 DEFAULT_PATH = Path("warehouse/warehouse.duckdb")
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 _S, _F, _I32, _I64, _B = pa.string(), pa.float64(), pa.int32(), pa.int64(), pa.bool_()
 
