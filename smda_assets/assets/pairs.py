@@ -9,6 +9,7 @@ import dagster as dg
 
 from smda_assets.assets._meta import table_metadata
 from smda_assets.partitions import sft_batches
+from smda_assets.provenance import computed_from
 from smda_assets.resources import SMDAResource
 
 EAGER = dg.AutomationCondition.eager()
@@ -35,7 +36,7 @@ def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mater
     smda.stage.save(batch, "source", {"source_file": str(source.path), "content_hash": source.content_hash})
     context.log.info(f"batch {batch}: {pairs.num_rows} pairs from {source.path}")
     return dg.MaterializeResult(metadata=table_metadata(pairs, source_file=str(source.path), probe_overlap=overlap.num_rows),
-                                data_version=dg.DataVersion(source.content_hash[:16]))
+                                **computed_from(context, smda, "sft_pairs"))
 
 
 @dg.asset(partitions_def=sft_batches, group_name="pairs", deps=["sft_pairs", "policy", "shift_settings"],
@@ -51,7 +52,7 @@ def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mat
     smda.stage.save(batch, "shifts", shifts)
     context.log.info(f"{len(shifts.pair_ids)} pairs, {shifts.seconds.mean():.2f} s per pair")
     return dg.MaterializeResult(metadata={"pairs": len(shifts.pair_ids), "seconds_per_pair": float(shifts.seconds.mean()),
-                                          "dtype": shifts.settings.dtype})
+                                          "dtype": shifts.settings.dtype}, **computed_from(context, smda, "pair_shifts"))
 
 
 @dg.multi_asset(
@@ -84,10 +85,12 @@ def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResourc
                       content_hash=source["content_hash"], n_pairs=pairs.num_rows)
     summary = tables["pair_summary"].to_pandas()
     top = summary.sort_values("interference", ascending=False).head(5)[["pair_id", "dominant_feature", "interference", "flagged"]]
-    yield dg.MaterializeResult(asset_key="pair_attribution", metadata=table_metadata(tables["pair_attribution"]))
+    yield dg.MaterializeResult(asset_key="pair_attribution", metadata=table_metadata(tables["pair_attribution"]),
+                               **computed_from(context, smda, "pair_attribution"))
     yield dg.MaterializeResult(asset_key="pair_summary", metadata={
         **table_metadata(tables["pair_summary"]), "flagged_share": float(summary["flagged"].mean()),
-        "most_interfering": dg.MetadataValue.md(top.to_markdown(index=False) if _has_tabulate() else top.to_string(index=False))})
+        "most_interfering": dg.MetadataValue.md(top.to_markdown(index=False) if _has_tabulate() else top.to_string(index=False))},
+        **computed_from(context, smda, "pair_summary"))
     attributed = tables["pair_attribution"].select(["pair_id", "method"]).to_pylist()
     per_method = {m: len({r["pair_id"] for r in attributed if r["method"] == m}) for m in cfg.attribution.methods}
     yield dg.AssetCheckResult(check_name="every_pair_attributed", asset_key="pair_attribution",

@@ -4,6 +4,7 @@
 import dagster as dg
 
 from smda_assets.assets._meta import table_metadata
+from smda_assets.provenance import computed_from
 from smda_assets.resources import SMDAResource
 
 EAGER = dg.AutomationCondition.eager()
@@ -25,9 +26,8 @@ def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     """Load model + SAE, read every probe once: features at the configured position and behaviour."""
     from smda_core.api import load_world, measure_probes
     from smda_core.store.tables import probe_tables
-    from smda_core.store.versions import input_versions, readout_version
 
-    version = dg.DataVersion(readout_version(input_versions(smda.config())))
+    version = computed_from(context, smda, "probes")  # before reading: a change meanwhile leaves it stale
     world = load_world(smda.config())
     context.log.info(f"model {world.model_name}, SAE {world.sae_name}, hook {world.hook_name}, {len(world.probes)} probes")
     scores = measure_probes(world)
@@ -35,7 +35,7 @@ def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     smda.write(tables)
     smda.save("probe_scores", scores)
     for name, table in tables.items():
-        yield dg.MaterializeResult(asset_key=name, metadata=table_metadata(table), data_version=version)
+        yield dg.MaterializeResult(asset_key=name, metadata=table_metadata(table), **version)
 
 
 @dg.multi_asset(
@@ -54,10 +54,9 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
     """Fit the policy on the stored probe readout, label its features, render the formula."""
     from smda_core.api import feature_labels, fit_policy, formula, load_world
     from smda_core.store.tables import policy_tables
-    from smda_core.store.versions import input_versions, policy_version
 
     cfg = smda.config()
-    version = dg.DataVersion(policy_version(input_versions(cfg)))
+    version = computed_from(context, smda, "policy")  # the readout it loads and the policy settings
     scores = smda.load("probe_scores")
     world = load_world(cfg, progress=False)
     policy = fit_policy(world, scores)
@@ -73,11 +72,11 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
            "majority_baseline": policy.majority_baseline, "k": policy.k}
     yield dg.MaterializeResult(asset_key="policy", metadata={**table_metadata(tables["policy_features"]),
                                                               "formula": dg.MetadataValue.md(f"`{text}`")},
-                               data_version=version)
+                               **version)
     yield dg.MaterializeResult(asset_key="policy_fit", metadata={**table_metadata(tables["policy_fit"]), **fit},
-                               data_version=version)
+                               **version)
     yield dg.MaterializeResult(asset_key="feature_labels", metadata=table_metadata(tables["feature_labels"]),
-                               data_version=version)
+                               **version)
     yield dg.AssetCheckResult(
         check_name="beats_majority_baseline", asset_key="policy_fit", passed=bool(policy.accuracy > policy.majority_baseline),
         severity=dg.AssetCheckSeverity.WARN,
