@@ -222,7 +222,7 @@ def test_changing_probes_or_sae_marks_policy_and_every_batch_stale_and_ingest_re
     _write_jsonl(s.inbox / "b.jsonl", pairs[2:4])
     assert not s.ingest().failed
     batches = sorted(s.instance.get_dynamic_partitions("sft_batches"))
-    fresh = stale_report(defs, s.instance)
+    fresh = stale_report(defs, s.instance, smda=s.resource)
     assert fresh.keys("stale") == [] and fresh.keys("missing") == [("curation_experiment", None)]
 
     tick = dg.evaluate_automation_conditions(defs=defs, instance=s.instance)  # the daemon's view: all up to date
@@ -233,18 +233,18 @@ def test_changing_probes_or_sae_marks_policy_and_every_batch_stale_and_ingest_re
     tick = dg.evaluate_automation_conditions(defs=defs, instance=s.instance, cursor=tick.cursor)
     assert tick.get_num_requested(dg.AssetKey("probes")) == 1  # eager: the daemon would re-read the probes now
     assert tick.get_num_requested(dg.AssetKey("pair_shifts")) == 0  # and the batches only after the refit
-    report = stale_report(defs, s.instance)
+    report = stale_report(defs, s.instance, smda=s.resource)
     assert report.of("probes") == "stale"
     assert any("probe_file" in c for c in report.causes[("probes", None)])  # Dagster's own root cause
     assert report.of("policy") == "stale"
     assert all(report.of("pair_attribution", b) == "stale" and report.of("pair_shifts", b) == "stale" for b in batches)
     _write_jsonl(s.probes, probes[:70])  # back as it was: nothing is stale any more
     observe_inputs(s.resource, s.instance)
-    assert stale_report(defs, s.instance).keys("stale") == []
+    assert stale_report(defs, s.instance, smda=s.resource).keys("stale") == []
 
     _perturb_sae(sae)
     observe_inputs(s.resource, s.instance)
-    report = stale_report(defs, s.instance)
+    report = stale_report(defs, s.instance, smda=s.resource)
     assert report.of("features") == "stale" and report.of("policy") == "stale"
     assert all(report.of("pair_attribution", b) == "stale" for b in batches)
 
@@ -252,7 +252,7 @@ def test_changing_probes_or_sae_marks_policy_and_every_batch_stale_and_ingest_re
     result = s.ingest()
     assert result.probe_side and sorted(result.ran) == batches and not result.failed
     assert len(s.instance.fetch_materializations(dg.AssetKey("policy"), limit=100).records) == policy_runs + 1
-    assert stale_report(defs, s.instance).keys("stale") == []
+    assert stale_report(defs, s.instance, smda=s.resource).keys("stale") == []
 
 
 def test_four_batches_in_parallel_runs_equal_a_sequential_run(tmp_path, demo_rows, monkeypatch):
