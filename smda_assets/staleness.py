@@ -21,12 +21,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from graphlib import TopologicalSorter
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from smda_assets.partitions import sft_batches
 from smda_assets.provenance import latest_materialization, recorded_parts, recorded_version
 from smda_assets.resources import SMDAResource
+
+if TYPE_CHECKING:
+    from smda_core.store.versions import Version
 
 Key = tuple[str, str | None]  # (asset name, partition key or None)
 
@@ -98,7 +102,8 @@ def _graph(defs: dg.Definitions) -> tuple[dict[str, list[str]], dict[str, bool]]
     return parents, partitioned
 
 
-def _version_causes(report: StaleReport, key: Key, record: dg.EventLogRecord, expected, partitioned) -> list[str]:
+def _version_causes(report: StaleReport, key: Key, record: dg.EventLogRecord, expected: Version,
+                    partitioned: dict[str, bool]) -> list[str]:
     """Why a result's recorded version is not the expected one (nothing when it is)."""
     from smda_core.store.versions import INPUTS
 
@@ -131,7 +136,7 @@ def _upstream_causes(report: StaleReport, upstream: list[Key], partition: str | 
     causes = []
     for p, qs in bad.items():
         states = " or ".join(sorted({report.status[(p, q)] for q in qs}))
-        if qs == [partition]:  # the same partition, or an unpartitioned one
+        if qs in ([partition], [None]):  # the same partition, or an unpartitioned result
             causes.append(f"{p} is {states}")
         elif len(qs) == 1:
             causes.append(f"{p}[{qs[0]}] is {states}")

@@ -60,7 +60,7 @@ def _set(config: Path, base: str, extra: str = "") -> None:
 
 
 @pytest.mark.slow
-def test_a_settings_change_makes_exactly_its_dependents_stale_without_observing_the_inputs(tmp_path, demo_rows):
+def test_a_settings_change_makes_exactly_its_dependents_stale_without_observing_the_inputs(tmp_path, demo_rows):  # noqa: F811
     from smda_assets.definitions import defs
     from smda_assets.run import BATCH_KEYS, _run
     from smda_assets.staleness import stale_report
@@ -89,6 +89,7 @@ def test_a_settings_change_makes_exactly_its_dependents_stale_without_observing_
     assert all(r.of(a, b) == "stale" for a in PAIRS for b in batches)
     assert any(c.startswith("policy_settings") for c in r.causes[("policy", None)])
     assert any(c.startswith("policy_settings") for c in r.causes[("pair_shifts", batches[0])])  # the root cause
+    assert "policy is stale" in r.causes[("pair_shifts", batches[0])]
 
     _set(s.config, base, "attribution:\n  intended_top: 4\n")  # only the shift (and attribution) settings
     r = report()
