@@ -1,6 +1,9 @@
 """New SFT files → new partitions (a sensor); everything again on a cron (a schedule); the jobs they launch.
 
-The sensor looks at the watched folder (config `watch.folder`; the demo's SFT folder by default).
+The sensor and schedule are built from the config's `watch` section by :func:`build_automation`
+(smda_assets.definitions calls it with the config the code location is built from); nothing here
+reads the environment. The sensor looks at the watched folder (config `watch.folder`; the demo's
+SFT folder by default).
 Each file content not yet a batch becomes a new dynamic partition and one run for that partition
 alone: its pairs, shifts and attribution, then the one writer that loads it. Content already held
 by a batch (the same file dropped twice, under any name) adds nothing; a changed file is a new
@@ -9,14 +12,15 @@ settings) are recomputed by the assets' eager automation conditions after the po
 once; the schedule observes the inputs and re-runs the probe side, from which all of that follows.
 """
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import dagster as dg
 
 from smda_assets.partitions import sft_batches
 from smda_assets.resources import SMDAResource
+from smda_core.config import WatchSection
 
 BATCH_ASSETS = ["sft_pairs", "pair_shifts", "pair_attribution", "pair_summary", "loaded_batches"]
 INPUT_KEYS = ["model_files", "sae_files", "probe_file", "readout_settings", "policy_settings", "shift_settings"]
@@ -38,12 +42,6 @@ refresh_job = dg.define_asset_job(
     "refresh", selection=dg.AssetSelection.assets(*INPUT_KEYS, *PROBE_KEYS, "loaded_batches", "dataset_metadata", "views",
                                         "plots"),
     description="Observe the inputs, re-read the probes, refit the policy, reload batches, re-apply the views, redraw")
-
-
-def _watch_settings():
-    from smda_core.config import load_config
-
-    return load_config(os.environ.get("SMDA_CONFIG") or None).watch
 
 
 def new_batch_requests(smda: SMDAResource, instance: dg.DagsterInstance) -> tuple[list[str], list[str], dict]:
@@ -82,14 +80,8 @@ def superseded_batches(warehouse: Path) -> set[str]:
         return {r[0] for r in con.execute("SELECT batch_id FROM smda.sft_batches WHERE status = 'superseded'").fetchall()}
 
 
-_watch = _watch_settings()
-
-
-@dg.sensor(name="sft_folder_sensor", minimum_interval_seconds=_watch.sensor_interval_s,
-           default_status=dg.DefaultSensorStatus.RUNNING if _watch.sensor_running else dg.DefaultSensorStatus.STOPPED,
-           asset_selection=dg.AssetSelection.assets(*BATCH_ASSETS),
-           description="New SFT file contents in the watched folder → a new partition and a run for it alone")
-def sft_folder_sensor(context: dg.SensorEvaluationContext, smda: SMDAResource) -> dg.SensorResult:
+def sft_folder_tick(context: dg.SensorEvaluationContext, smda: SMDAResource) -> dg.SensorResult:
+    """One look at the watched folder: a partition and a run for each new file content; retire superseded ones."""
     import json
 
     new, retired, seen = new_batch_requests(smda, context.instance)
@@ -105,7 +97,23 @@ def sft_folder_sensor(context: dg.SensorEvaluationContext, smda: SMDAResource) -
         cursor=json.dumps(seen, sort_keys=True))
 
 
-refresh_schedule = dg.ScheduleDefinition(
-    name="smda_refresh", job=refresh_job, cron_schedule=_watch.cron,
-    default_status=dg.DefaultScheduleStatus.RUNNING if _watch.schedule_running else dg.DefaultScheduleStatus.STOPPED,
-    description="Re-run everything: observe inputs, refit; stale batch partitions follow by their automation conditions")
+class Automation(NamedTuple):
+    sensor: dg.SensorDefinition
+    schedule: dg.ScheduleDefinition
+
+
+def build_automation(watch: WatchSection) -> Automation:
+    """The watched-folder sensor and the refresh schedule, with the interval, cron and default states of `watch`."""
+
+    @dg.sensor(name="sft_folder_sensor", minimum_interval_seconds=watch.sensor_interval_s,
+               default_status=dg.DefaultSensorStatus.RUNNING if watch.sensor_running else dg.DefaultSensorStatus.STOPPED,
+               asset_selection=dg.AssetSelection.assets(*BATCH_ASSETS),
+               description="New SFT file contents in the watched folder → a new partition and a run for it alone")
+    def sft_folder_sensor(context: dg.SensorEvaluationContext, smda: SMDAResource) -> dg.SensorResult:
+        return sft_folder_tick(context, smda)
+
+    refresh_schedule = dg.ScheduleDefinition(
+        name="smda_refresh", job=refresh_job, cron_schedule=watch.cron,
+        default_status=dg.DefaultScheduleStatus.RUNNING if watch.schedule_running else dg.DefaultScheduleStatus.STOPPED,
+        description="Re-run everything: observe inputs, refit; stale batch partitions follow by their automation conditions")
+    return Automation(sft_folder_sensor, refresh_schedule)

@@ -105,16 +105,15 @@ def ingest(config: ConfigOpt = None, warehouse: WarehouseOpt = None,
 
 @app.command()
 def stale(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
-    """What is stale or missing after the inputs changed (Dagster data versions); `smda ingest` recomputes it."""
+    """What is stale or missing after the inputs changed (recorded data versions against the inputs' content
+    hashes now); `smda ingest` recomputes it."""
     from smda_assets.definitions import defs
-    from smda_assets.run import default_instance, observe_inputs
+    from smda_assets.run import default_instance
     from smda_assets.resources import SMDAResource
     from smda_assets.staleness import stale_report
 
     resource = SMDAResource(config_path=config, warehouse_path=warehouse)
-    instance = default_instance(resource)
-    observe_inputs(resource, instance)
-    report = stale_report(defs, instance)
+    report = stale_report(defs, default_instance(resource), smda=resource)
     rows = [{"asset": k[0], "partition": k[1] or "", "status": v, "because": "; ".join(report.causes.get(k, []))[:120]}
             for k, v in sorted(report.status.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")) if v != "fresh"]
     if not rows:

@@ -77,7 +77,8 @@ def _run(resource: SMDAResource, instance: dg.DagsterInstance, keys: list[str], 
 
 
 def observe_inputs(resource: SMDAResource, instance: dg.DagsterInstance) -> None:
-    """Record the inputs' current data versions (content hashes), so Dagster can tell what is stale."""
+    """Record the inputs' current data versions (content hashes) as observations: Dagster's UI and automation
+    conditions see what changed (`stale_report` needs none: it hashes the inputs itself)."""
     defs.resolve_job_def("observe_inputs").execute_in_process(run_config=_run_config(resource), instance=instance)
 
 
@@ -151,12 +152,12 @@ def ingest(config_path: str | None = None, warehouse_path: str | None = None, in
     report.added = [b for b in report.batches if b not in existing]
     if report.added:
         instance.add_dynamic_partitions(sft_batches.name, report.added)
-    status = stale_report(defs, instance, report.batches)
+    status = stale_report(defs, instance, report.batches, smda=resource)
     report.probe_side = everything or any(status.needs_work(k) for k in PROBE_KEYS)
     if report.probe_side:
         say("probe readout and policy")
         _run(resource, instance, PROBE_KEYS)
-        status = stale_report(defs, instance, report.batches)
+        status = stale_report(defs, instance, report.batches, smda=resource)
     report.ran = [b for b in report.batches if everything or any(status.needs_work(k, b) for k in BATCH_KEYS)]
     if report.ran:
         say(f"{len(report.ran)} batch(es): {', '.join(report.ran)}" + (f" ({workers} at a time)" if workers > 1 else ""))

@@ -1,26 +1,43 @@
-"""What is stale or missing, by Dagster's own data-version bookkeeping.
+"""What is stale or missing: each result's recorded data version against the one the inputs give now.
 
-Dagster marks an asset (partition) STALE when a dependency's data version differs from the one
-recorded when it was materialised, or its code version changed. That is one hop: after the
-probe file changes, the probe readout is stale, but the policy fitted on the old readout only
-becomes stale once the readout is recomputed. Users ask the other question ("is this result
-out of date?"), so :func:`stale_report` also marks everything downstream of a stale asset.
+Every versioned result (probe readout, policy, and per SFT batch its pairs, shifts and
+attribution) records as its data version a hash of what it was computed from
+(smda_assets.provenance). The config gives the version each would have if computed now
+(smda_core.store.versions.expected_versions), straight from the inputs' content hashes: the
+inputs need not have been observed. A result is
+
+- 'missing' if it was never materialised (that partition, for the batch assets);
+- 'stale' if its recorded version differs from the expected one (the causes name what changed),
+  or if anything it depends on is stale or missing: users ask "is this result out of date?", so
+  everything downstream of a stale result is stale too, not only the next step;
+- 'fresh' otherwise.
+
+Results with no content version of their own (the loader, views, metadata, plots, the curation
+experiment) are 'missing' if never materialised and 'stale' if an upstream result is stale or
+missing, or was materialised after them (they were built from an older one); else 'fresh'.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from graphlib import TopologicalSorter
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from smda_assets.partitions import sft_batches
+from smda_assets.provenance import latest_materialization, recorded_parts, recorded_version
+from smda_assets.resources import SMDAResource
+
+if TYPE_CHECKING:
+    from smda_core.store.versions import Version
 
 Key = tuple[str, str | None]  # (asset name, partition key or None)
 
 
 @dataclass
 class StaleReport:
-    """Per asset (and partition): 'fresh', 'stale' or 'missing', with Dagster's own causes for the stale ones."""
+    """Per asset (and partition): 'fresh', 'stale' or 'missing', with the causes of the stale ones."""
 
     status: dict[Key, str] = field(default_factory=dict)
     causes: dict[Key, list[str]] = field(default_factory=dict)
@@ -35,35 +52,104 @@ class StaleReport:
         return self.status.get((name, partition), "missing") != "fresh"
 
 
-def stale_report(defs: dg.Definitions, instance: dg.DagsterInstance, partitions: list[str] | None = None) -> StaleReport:
-    """Status of every materialisable asset; partitioned ones per partition (default: all partitions)."""
-    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-    from dagster._time import get_current_datetime
+def stale_report(defs: dg.Definitions, instance: dg.DagsterInstance, partitions: list[str] | None = None,
+                 smda: SMDAResource | None = None) -> StaleReport:
+    """Status of every materialisable asset of `defs`; partitioned ones per partition (default: all partitions).
 
-    graph = defs.resolve_asset_graph()
-    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-                          instance=instance, asset_graph=graph)
-    resolver = CachingStaleStatusResolver(instance, graph, view)
-    parts = partitions if partitions is not None else instance.get_dynamic_partitions(sft_batches.name)
+    Args:
+        smda: the resource whose config the results should follow (default: the one `defs` holds,
+            which reads `$SMDA_CONFIG`); its inputs' content hashes give the expected versions.
+    """
+    from smda_core.store.versions import expected_versions, input_versions
+
+    if smda is None:
+        held = (defs.resources or {}).get("smda")
+        smda = held if isinstance(held, SMDAResource) else SMDAResource()
+    parts = list(partitions) if partitions is not None else list(instance.get_dynamic_partitions(sft_batches.name))
+    expected = expected_versions(input_versions(smda.config()), parts)
+    parents, partitioned = _graph(defs)
     report = StaleReport()
-    for key in graph.toposorted_asset_keys:
-        node = graph.get(key)
-        if not node.is_materializable:
-            continue
-        name = key.to_user_string()
-        for pk in (parts if node.is_partitioned else [None]):
-            status = resolver.get_status(key, pk)
-            state = {StaleStatus.MISSING: "missing", StaleStatus.STALE: "stale"}.get(status, "fresh")
-            if state == "stale":
-                report.causes[(name, pk)] = [f"{c.key.asset_key.to_user_string()}: {c.reason}"
-                                             for c in resolver.get_stale_root_causes(key, pk)]
-            if state == "fresh":
-                for parent in node.parent_keys:
-                    parent_node = graph.get(parent)
-                    parent_key = (parent.to_user_string(), pk if parent_node.is_partitioned else None)
-                    if parent_node.is_materializable and report.status.get(parent_key) in ("stale", "missing"):
-                        state = "stale"
-                        report.causes.setdefault((name, pk), []).append(f"{parent_key[0]} is {report.status[parent_key]}")
-            report.status[(name, pk)] = state
+    latest: dict[Key, dg.EventLogRecord | None] = {}
+    for name in TopologicalSorter(parents).static_order():
+        if name not in partitioned:
+            continue  # an observable input, not materialised
+        for pk in (parts if partitioned[name] else [None]):
+            key = (name, pk)
+            latest[key] = record = latest_materialization(instance, name, pk)
+            upstream = [(p, q) for p in parents[name] if p in partitioned
+                        for q in (([pk] if pk is not None else parts) if partitioned[p] else [None])]
+            if record is None:
+                report.status[key] = "missing"
+                continue
+            if key in expected:
+                causes = _version_causes(report, key, record, expected[key], partitioned)
+            else:
+                causes = _newer_upstream(record, upstream, latest)
+            causes += _upstream_causes(report, upstream, pk)
+            report.status[key] = "stale" if causes else "fresh"
+            if causes:
+                report.causes[key] = list(dict.fromkeys(causes))
     return report
+
+
+def _graph(defs: dg.Definitions) -> tuple[dict[str, list[str]], dict[str, bool]]:
+    """Every asset's parents, and for the materialisable ones whether they are partitioned."""
+    materialisable = {k.to_user_string() for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition) for k in a.keys}
+    specs = defs.resolve_all_asset_specs()
+    parents = {s.key.to_user_string(): [d.asset_key.to_user_string() for d in s.deps] for s in specs}
+    partitioned = {s.key.to_user_string(): s.partitions_def is not None for s in specs
+                   if s.key.to_user_string() in materialisable}
+    return parents, partitioned
+
+
+def _version_causes(report: StaleReport, key: Key, record: dg.EventLogRecord, expected: Version,
+                    partitioned: dict[str, bool]) -> list[str]:
+    """Why a result's recorded version is not the expected one (nothing when it is)."""
+    from smda_core.store.versions import INPUTS
+
+    recorded = recorded_version(record)
+    if recorded == expected.value:
+        return []
+    was = recorded_parts(record)
+    causes: list[str] = []
+    for part, version in expected.parts.items():
+        if part not in was or was[part] == version:
+            continue
+        if part in INPUTS:
+            causes.append(f"{part}: changed since this was computed")
+        elif part in partitioned:
+            up = (part, key[1] if partitioned[part] else None)
+            state = report.status.get(up, "missing")
+            causes.extend(report.causes.get(up, []) if state == "stale" else [])
+            causes.append(f"{part} is {state}" if state != "fresh" else f"{part}: recomputed since this was computed")
+        else:
+            causes.append(f"{part}: differs from what this was computed from")
+    return causes or [f"computed from other inputs (data version {recorded}; now {expected.value})"]
+
+
+def _upstream_causes(report: StaleReport, upstream: list[Key], partition: str | None) -> list[str]:
+    """The upstream results that are stale or missing (by partition count for a partitioned one)."""
+    bad: dict[str, list[str | None]] = {}
+    for p, q in upstream:
+        if report.status[(p, q)] != "fresh":
+            bad.setdefault(p, []).append(q)
+    causes = []
+    for p, qs in bad.items():
+        states = " or ".join(sorted({report.status[(p, q)] for q in qs}))
+        if qs in ([partition], [None]):  # the same partition, or an unpartitioned result
+            causes.append(f"{p} is {states}")
+        elif len(qs) == 1:
+            causes.append(f"{p}[{qs[0]}] is {states}")
+        else:
+            causes.append(f"{p}: {len(qs)} partitions {states}")
+    return causes
+
+
+def _newer_upstream(record: dg.EventLogRecord, upstream: list[Key], latest: dict[Key, dg.EventLogRecord | None]) -> list[str]:
+    """Upstream results materialised after this one (it was built from older ones)."""
+    newer: dict[str, int] = {}
+    for p, q in upstream:
+        other = latest.get((p, q))
+        if other is not None and other.storage_id > record.storage_id:
+            newer[p] = newer.get(p, 0) + 1
+    return [f"{p}: materialised again since" + (f" ({n} partitions)" if n > 1 else "") for p, n in newer.items()]

@@ -76,10 +76,11 @@ class Setup:
         return query(self.warehouse, f"SELECT * FROM smda.{table} WHERE batch_id = ? ORDER BY ALL", [batch])
 
     def sensor(self):
-        from smda_assets.automation import sft_folder_sensor
+        from smda_assets.automation import build_automation
 
+        sensor = build_automation(self.resource.config().watch).sensor  # as the code location builds it
         context = dg.build_sensor_context(instance=self.instance, resources={"smda": self.resource})
-        return sft_folder_sensor(context)
+        return sensor(context)
 
     def run_request(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
         """Carry out a sensor's run request as the daemon would: add its partition, run its selection."""
@@ -222,7 +223,7 @@ def test_changing_probes_or_sae_marks_policy_and_every_batch_stale_and_ingest_re
     _write_jsonl(s.inbox / "b.jsonl", pairs[2:4])
     assert not s.ingest().failed
     batches = sorted(s.instance.get_dynamic_partitions("sft_batches"))
-    fresh = stale_report(defs, s.instance)
+    fresh = stale_report(defs, s.instance, smda=s.resource)
     assert fresh.keys("stale") == [] and fresh.keys("missing") == [("curation_experiment", None)]
 
     tick = dg.evaluate_automation_conditions(defs=defs, instance=s.instance)  # the daemon's view: all up to date
@@ -233,18 +234,18 @@ def test_changing_probes_or_sae_marks_policy_and_every_batch_stale_and_ingest_re
     tick = dg.evaluate_automation_conditions(defs=defs, instance=s.instance, cursor=tick.cursor)
     assert tick.get_num_requested(dg.AssetKey("probes")) == 1  # eager: the daemon would re-read the probes now
     assert tick.get_num_requested(dg.AssetKey("pair_shifts")) == 0  # and the batches only after the refit
-    report = stale_report(defs, s.instance)
+    report = stale_report(defs, s.instance, smda=s.resource)
     assert report.of("probes") == "stale"
     assert any("probe_file" in c for c in report.causes[("probes", None)])  # Dagster's own root cause
     assert report.of("policy") == "stale"
     assert all(report.of("pair_attribution", b) == "stale" and report.of("pair_shifts", b) == "stale" for b in batches)
     _write_jsonl(s.probes, probes[:70])  # back as it was: nothing is stale any more
     observe_inputs(s.resource, s.instance)
-    assert stale_report(defs, s.instance).keys("stale") == []
+    assert stale_report(defs, s.instance, smda=s.resource).keys("stale") == []
 
     _perturb_sae(sae)
     observe_inputs(s.resource, s.instance)
-    report = stale_report(defs, s.instance)
+    report = stale_report(defs, s.instance, smda=s.resource)
     assert report.of("features") == "stale" and report.of("policy") == "stale"
     assert all(report.of("pair_attribution", b) == "stale" for b in batches)
 
@@ -252,7 +253,7 @@ def test_changing_probes_or_sae_marks_policy_and_every_batch_stale_and_ingest_re
     result = s.ingest()
     assert result.probe_side and sorted(result.ran) == batches and not result.failed
     assert len(s.instance.fetch_materializations(dg.AssetKey("policy"), limit=100).records) == policy_runs + 1
-    assert stale_report(defs, s.instance).keys("stale") == []
+    assert stale_report(defs, s.instance, smda=s.resource).keys("stale") == []
 
 
 def test_four_batches_in_parallel_runs_equal_a_sequential_run(tmp_path, demo_rows, monkeypatch):
@@ -335,19 +336,42 @@ def test_metadata_add_joins_a_users_table_by_pair_id_or_content_hash(watched, tm
     assert out.exit_code == 1 and "dupes.csv" in out.output and "line 3" in out.output
 
 
-def test_the_sensor_and_schedule_are_wired_from_the_config():
-    from smda_assets.definitions import defs
-    from smda_core.config import load_config
+def test_the_sensor_and_schedule_take_interval_cron_and_states_from_the_watch_settings(tmp_path, monkeypatch):
+    from smda_assets.automation import build_automation
+    from smda_assets.definitions import build_defs
+    from smda_core.config import WatchSection
 
-    watch = load_config().watch
-    schedule = defs.resolve_schedule_def("smda_refresh")
-    assert schedule.cron_schedule == watch.cron
-    assert schedule.job_name == "refresh"
+    def wiring(sensor: dg.SensorDefinition, schedule: dg.ScheduleDefinition) -> tuple:
+        return (sensor.minimum_interval_seconds, sensor.default_status, schedule.cron_schedule, schedule.default_status)
+
+    defaults = WatchSection()
+    one = WatchSection(sensor_interval_s=7, sensor_running=not defaults.sensor_running, cron="15 4 * * 1",
+                       schedule_running=not defaults.schedule_running)
+    two = WatchSection(sensor_interval_s=90, sensor_running=defaults.sensor_running, cron="*/20 * * * *",
+                       schedule_running=defaults.schedule_running)
+    a, b = build_automation(one), build_automation(two)
+    running = {True: (dg.DefaultSensorStatus.RUNNING, dg.DefaultScheduleStatus.RUNNING),
+               False: (dg.DefaultSensorStatus.STOPPED, dg.DefaultScheduleStatus.STOPPED)}
+    for watch, automation in ((one, a), (two, b)):
+        assert wiring(*automation) == (watch.sensor_interval_s, running[watch.sensor_running][0], watch.cron,
+                                       running[watch.schedule_running][1])
+        assert automation.sensor.name == "sft_folder_sensor" and automation.schedule.job_name == "refresh"
+    assert all(x != y for x, y in zip(wiring(*a), wiring(*b)))  # each value follows its config
+    assert a.sensor.minimum_interval_seconds != defaults.sensor_interval_s and a.schedule.cron_schedule != defaults.cron
+
+    # The code location: built from the config $SMDA_CONFIG names (what `dg dev` loads), or from a path.
+    config = tmp_path / "smda.yaml"
+    config.write_text("watch:\n  sensor_interval_s: 7\n  sensor_running: false\n  cron: '15 4 * * 1'\n"
+                      "  schedule_running: true\n")
+    monkeypatch.setenv("SMDA_CONFIG", str(config))
+    for defs in (build_defs(), build_defs(str(config))):
+        assert wiring(defs.resolve_sensor_def("sft_folder_sensor"), defs.resolve_schedule_def("smda_refresh")) == wiring(*a)
     refresh = {k.to_user_string() for k in defs.resolve_job_def("refresh").asset_layer.selected_asset_keys}
     assert {"probe_file", "sae_files", "policy", "loaded_batches", "views"} <= refresh
-    sensor = defs.resolve_sensor_def("sft_folder_sensor")
-    assert sensor.minimum_interval_seconds == watch.sensor_interval_s
-    assert sensor.default_status == (dg.DefaultSensorStatus.RUNNING if watch.sensor_running else dg.DefaultSensorStatus.STOPPED)
+    monkeypatch.delenv("SMDA_CONFIG")
+    default = build_defs()
+    assert wiring(default.resolve_sensor_def("sft_folder_sensor"), default.resolve_schedule_def("smda_refresh")) == \
+        wiring(*build_automation(defaults))
 
 
 def test_find_batch_reads_only_the_file_named_like_the_batch(tmp_path, demo_rows, monkeypatch):

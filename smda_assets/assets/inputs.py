@@ -1,8 +1,8 @@
 """The pipeline's inputs as observable source assets: model, SAE, probe file and the settings each step reads.
 
-Their data versions are content hashes (smda_core.versions). Observing them after a change
-makes Dagster mark everything computed from the old content stale; `smda ingest` and the
-daemon's automation then recompute it.
+Their data versions are content hashes (smda_core.store.versions). Observing them after a change
+lets Dagster's UI and the daemon's automation see it. `smda stale` and `smda ingest` need no
+observation: they compare each result's recorded data version with the hashes of the inputs now.
 """
 
 import warnings

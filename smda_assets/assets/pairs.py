@@ -9,6 +9,7 @@ import dagster as dg
 
 from smda_assets.assets._meta import table_metadata
 from smda_assets.partitions import sft_batches
+from smda_assets.provenance import computed_from
 from smda_assets.resources import SMDAResource
 
 EAGER = dg.AutomationCondition.eager()
@@ -22,6 +23,7 @@ def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mater
     from smda_core.inputs.batches import find_batch
     from smda_core.sources import resolve_sources
 
+    version = computed_from(context, smda, "sft_pairs")  # before reading: a change meanwhile leaves it stale
     cfg = smda.config()
     batch = context.partition_key
     source = find_batch(cfg, batch)
@@ -35,7 +37,7 @@ def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mater
     smda.stage.save_json(batch, "source", {"source_file": str(source.path), "content_hash": source.content_hash})
     context.log.info(f"batch {batch}: {pairs.num_rows} pairs from {source.path}")
     return dg.MaterializeResult(metadata=table_metadata(pairs, source_file=str(source.path), probe_overlap=overlap.num_rows),
-                                data_version=dg.DataVersion(source.content_hash[:16]))
+                                **version)
 
 
 @dg.asset(partitions_def=sft_batches, group_name="pairs", deps=["sft_pairs", "policy", "shift_settings"],
@@ -44,6 +46,7 @@ def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mater
 def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
     from smda_core.api import load_runtime, measure_shifts
 
+    version = computed_from(context, smda, "pair_shifts")
     batch = context.partition_key
     pairs = smda.stage.read_table(batch, "sft_pairs")
     policy = smda.policy()
@@ -51,7 +54,7 @@ def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mat
     smda.stage.save_shifts(batch, shifts)
     context.log.info(f"{len(shifts.pair_ids)} pairs, {shifts.seconds.mean():.2f} s per pair")
     return dg.MaterializeResult(metadata={"pairs": len(shifts.pair_ids), "seconds_per_pair": float(shifts.seconds.mean()),
-                                          "dtype": shifts.settings.dtype})
+                                          "dtype": shifts.settings.dtype}, **version)
 
 
 @dg.multi_asset(
@@ -69,6 +72,7 @@ def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResourc
     from smda_core.api import attribute
     from smda_core.store.tables import pair_tables
 
+    versions = {key: computed_from(context, smda, key) for key in ("pair_attribution", "pair_summary")}
     cfg = smda.config()
     batch = context.partition_key
     scores = smda.readout()[0]
@@ -84,10 +88,12 @@ def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResourc
                       content_hash=source["content_hash"], n_pairs=pairs.num_rows)
     summary = tables["pair_summary"].to_pandas()
     top = summary.sort_values("interference", ascending=False).head(5)[["pair_id", "dominant_feature", "interference", "flagged"]]
-    yield dg.MaterializeResult(asset_key="pair_attribution", metadata=table_metadata(tables["pair_attribution"]))
+    yield dg.MaterializeResult(asset_key="pair_attribution", metadata=table_metadata(tables["pair_attribution"]),
+                               **versions["pair_attribution"])
     yield dg.MaterializeResult(asset_key="pair_summary", metadata={
         **table_metadata(tables["pair_summary"]), "flagged_share": float(summary["flagged"].mean()),
-        "most_interfering": dg.MetadataValue.md(top.to_markdown(index=False) if _has_tabulate() else top.to_string(index=False))})
+        "most_interfering": dg.MetadataValue.md(top.to_markdown(index=False) if _has_tabulate() else top.to_string(index=False))},
+        **versions["pair_summary"])
     attributed = tables["pair_attribution"].select(["pair_id", "method"]).to_pylist()
     per_method = {m: len({r["pair_id"] for r in attributed if r["method"] == m}) for m in cfg.attribution.methods}
     yield dg.AssetCheckResult(check_name="every_pair_attributed", asset_key="pair_attribution",

@@ -4,6 +4,7 @@
 import dagster as dg
 
 from smda_assets.assets._meta import table_metadata
+from smda_assets.provenance import computed_from
 from smda_assets.resources import SMDAResource
 
 EAGER = dg.AutomationCondition.eager()
@@ -25,10 +26,9 @@ def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     """Load model + SAE, read every probe once: features at the configured position and behaviour."""
     from smda_core.api import load_runtime, measure_probes
     from smda_core.store.tables import probe_tables
-    from smda_core.store.versions import input_versions, readout_version
 
     cfg = smda.config()
-    version = dg.DataVersion(readout_version(input_versions(cfg)))
+    version = computed_from(context, smda, "probes")  # before reading: a change meanwhile leaves it stale
     runtime = load_runtime(cfg)
     context.log.info(f"model {runtime.sources.model_name}, SAE {runtime.sources.sae_name}, hook {runtime.hook_name}, "
                      f"{runtime.probes.num_rows} probes")
@@ -38,7 +38,7 @@ def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     tables = probe_tables(runtime.probes, scores, info)
     smda.write(tables)
     for name in ("probes", "features", "behaviour_scores"):
-        yield dg.MaterializeResult(asset_key=name, metadata=table_metadata(tables[name]), data_version=version)
+        yield dg.MaterializeResult(asset_key=name, metadata=table_metadata(tables[name]), **version)
 
 
 @dg.multi_asset(
@@ -58,10 +58,9 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
     from smda_core.api import feature_labels, formula
     from smda_core.policy.fit import fit_policy
     from smda_core.store.tables import policy_tables
-    from smda_core.store.versions import input_versions, policy_version
 
     cfg = smda.config()
-    version = dg.DataVersion(policy_version(input_versions(cfg)))
+    version = computed_from(context, smda, "policy")  # the readout it loads and the policy settings
     scores, probes, info = smda.readout()
     policy = fit_policy(scores, cfg.policy)
     labels = feature_labels(policy, probes, cfg.policy.labels_path)
@@ -75,11 +74,11 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
            "majority_baseline": policy.majority_baseline, "k": policy.k}
     yield dg.MaterializeResult(asset_key="policy", metadata={**table_metadata(tables["policy_features"]),
                                                               "formula": dg.MetadataValue.md(f"`{text}`")},
-                               data_version=version)
+                               **version)
     yield dg.MaterializeResult(asset_key="policy_fit", metadata={**table_metadata(tables["policy_fit"]), **fit},
-                               data_version=version)
+                               **version)
     yield dg.MaterializeResult(asset_key="feature_labels", metadata=table_metadata(tables["feature_labels"]),
-                               data_version=version)
+                               **version)
     yield dg.AssetCheckResult(
         check_name="beats_majority_baseline", asset_key="policy_fit", passed=bool(policy.accuracy > policy.majority_baseline),
         severity=dg.AssetCheckSeverity.WARN,
