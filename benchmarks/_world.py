@@ -16,16 +16,7 @@ def demo_world():
 
 def padded_batches(seqs: list[list[int]], pad: int, batch_size: int):
     """Right-padded (input_ids, attention_mask) batches of similar-length sequences, as the product batches them."""
-    import torch
+    from smda_core.model.training import pad_sequences
 
     seqs = sorted(seqs, key=len)
-    batches = []
-    for s in range(0, len(seqs), batch_size):
-        chunk = seqs[s: s + batch_size]
-        ids = torch.full((len(chunk), max(map(len, chunk))), pad)
-        mask = torch.zeros_like(ids)
-        for r, q in enumerate(chunk):
-            ids[r, : len(q)] = torch.tensor(q)
-            mask[r, : len(q)] = 1
-        batches.append((ids, mask))
-    return batches
+    return [pad_sequences(seqs[s: s + batch_size], pad)[:2] for s in range(0, len(seqs), batch_size)]

@@ -17,7 +17,7 @@ N_PAIRS = 20
 def main() -> None:
     from smda_core.api import fit_policy, measure_probes, measure_shifts, read_pairs
     from smda_core.model.chat import encode_pair
-    from smda_core.model.shifts import sft_loss
+    from smda_core.model.training import sft_batch, sft_loss
 
     world = demo_world()
     policy = fit_policy(measure_probes(world, progress=False), world.config.policy)
@@ -34,7 +34,7 @@ def main() -> None:
     encoded = [encode_pair(world.tokenizer, p, r) for p, r in zip(pairs["prompt"].to_pylist(), pairs["response"].to_pylist())]
     t0 = time.perf_counter()
     for ids, n_prompt in encoded:
-        sft_loss(model, ids, n_prompt).backward()
+        sft_loss(model, sft_batch([(ids, n_prompt)], pad)).backward()
         model.zero_grad(set_to_none=True)
         with torch.no_grad():
             for b_ids, b_mask in batches:

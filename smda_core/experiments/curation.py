@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from smda_core.config import CurationSettings
 from smda_core.errors import SMDAError
 from smda_core.model.readout import greedy_refused, read_probes
 from smda_core.policy.behaviour import behaviour_from_logp
+from smda_core.model.training import make_optimizer, sft_batch, train_steps
 
 BAD_KINDS = ("harmful_compliance", "harmless_refusal")
 
@@ -80,30 +82,20 @@ def retrain(model, tokenizer, pairs: Sequence[tuple[str, str]], settings: Curati
     tuned = copy.deepcopy(model)
     tuned.train()
     params = [p for p in tuned.parameters() if p.requires_grad]
-    opt = (torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay) if settings.optimizer == "adamw"
-           else torch.optim.SGD(params, lr=settings.lr, weight_decay=settings.weight_decay))
+    opt = make_optimizer(params, settings.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
+                         what="curation.optimizer")
     data = [encode_pair(tokenizer, p, r, name="curation pair") for p, r in pairs]
     pad = tokenizer.pad_token_id
-    steps = [(e, s) for e in range(settings.epochs) for s in range(0, len(data), settings.batch_size)]
-    order = list(range(len(data)))
-    for epoch, start in tqdm(steps, desc="retrain", disable=not progress, mininterval=1.0, leave=False):
-        if start == 0:
+
+    def epochs():  # each epoch over a fresh shuffle of the pairs
+        order = list(range(len(data)))
+        for _ in range(settings.epochs):
             rng.shuffle(order)
-        batch = [data[i] for i in order[start: start + settings.batch_size]]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        target = torch.full_like(ids, -100)
-        for r, (seq, n_prompt) in enumerate(batch):
-            ids[r, : len(seq)] = torch.tensor(seq)
-            mask[r, : len(seq)] = 1
-            target[r, n_prompt: len(seq)] = torch.tensor(seq[n_prompt:])
-        logits = tuned(input_ids=ids, attention_mask=mask).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target[:, 1:].reshape(-1),
-                                                 ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+            for start in range(0, len(data), settings.batch_size):
+                yield sft_batch([data[i] for i in order[start: start + settings.batch_size]], pad)
+
+    train_steps(tuned, epochs(), opt, progress=progress, desc="retrain",
+                total=settings.epochs * math.ceil(len(data) / settings.batch_size))
     tuned.eval()
     return tuned
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from smda_core.model.chat import EncodedPrompt, encode_pair
+from smda_core.model.training import response_ce, sft_batch
 
 
 def tracin_harmful_refusal(model, tokenizer, pairs: Sequence[tuple[str, str]], harmful_probes: Sequence[EncodedPrompt],
@@ -27,12 +28,7 @@ def tracin_harmful_refusal(model, tokenizer, pairs: Sequence[tuple[str, str]], h
     model = copy.deepcopy(model).float().eval()  # the caller's model stays as it is
     pad = tokenizer.pad_token_id
     enc = [encode_pair(tokenizer, p, r, name="peer pair") for p, r in pairs]
-    width = max(len(ids) for ids, _ in enc)
-    train_ids = torch.full((len(enc), width), pad)
-    train_labels = torch.full((len(enc), width), -100)
-    for i, (ids, n_prompt) in enumerate(enc):
-        train_ids[i, : len(ids)] = torch.tensor(ids)
-        train_labels[i, n_prompt: len(ids)] = torch.tensor(ids[n_prompt:])
+    train = sft_batch(enc, pad)  # right padding: a causal model's response logits never see the padding
     span = max(len(o) for o in refusal_openings)
     branch = list(refusal_openings[0][:-1])
     if any(tuple(o[:-1]) != tuple(branch) for o in refusal_openings):
@@ -49,8 +45,7 @@ def tracin_harmful_refusal(model, tokenizer, pairs: Sequence[tuple[str, str]], h
 
     def loss_func(params, data):
         ids, labels = data
-        logits = torch.func.functional_call(model, params, (ids.unsqueeze(0),)).logits[0]
-        return torch.nn.functional.cross_entropy(logits[:-1], labels[1:], ignore_index=-100)
+        return response_ce(torch.func.functional_call(model, params, (ids.unsqueeze(0),)).logits[0], labels)
 
     def target_func(params, data):
         ids, at = data  # (n_harmful, T), (n_harmful,)
@@ -62,7 +57,7 @@ def tracin_harmful_refusal(model, tokenizer, pairs: Sequence[tuple[str, str]], h
     task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict(), target_func=target_func)
     attributor = TracInAttributor(task=task, weight_list=torch.tensor([lr]), normalized_grad=False)
     t0 = time.perf_counter()
-    scores = attributor.attribute(DataLoader(TensorDataset(train_ids, train_labels), batch_size=32),
+    scores = attributor.attribute(DataLoader(TensorDataset(train.input_ids, train.labels), batch_size=32),
                                   DataLoader(TensorDataset(test_ids, last), batch_size=1))
     seconds = (time.perf_counter() - t0) / len(pairs)
     return scores.mean(dim=1).double().numpy(), seconds

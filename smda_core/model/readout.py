@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from smda_core.model.chat import EncodedPrompt
 from smda_core.model.loading import capture_residual
+from smda_core.model.training import pad_sequences
 
 
 @dataclass
@@ -83,15 +84,8 @@ def read_probes(model, sae, layer: int, prompts: Sequence[EncodedPrompt], openin
     for start in range(0, len(rows), per_batch * len(branches)):
         chunk = rows[start: start + per_batch * len(branches)]
         seqs = [list(prompts[i].input_ids) + list(branches[b]) for i, b in chunk]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        offsets = []
-        for r, s in enumerate(seqs):
-            off = width - len(s) if padding_side == "left" else 0
-            ids[r, off: off + len(s)] = torch.tensor(s)
-            mask[r, off: off + len(s)] = 1
-            offsets.append(off)
+        ids, mask, offsets = pad_sequences(seqs, pad_id, side=padding_side)
+        width = ids.shape[1]
         position_ids = (mask.cumsum(1) - 1).clamp_min(0)
         with capture_residual(model, layer) as store:
             out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device))
@@ -155,12 +149,8 @@ def greedy_refused(model, prompts: Sequence[EncodedPrompt], refusal_openings: Se
     n_tokens = max(n_tokens, max(len(o) for o in refusal_openings))
     for start in tqdm(range(0, len(prompts), batch_size), desc="greedy labels", disable=not progress, leave=False):
         batch = prompts[start: start + batch_size]
-        width = max(len(p.input_ids) for p in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, p in enumerate(batch):  # left padding for generation
-            ids[r, width - len(p.input_ids):] = torch.tensor(p.input_ids)
-            mask[r, width - len(p.input_ids):] = 1
+        ids, mask, _ = pad_sequences([p.input_ids for p in batch], pad_id, side="left")  # left padding for generation
+        width = ids.shape[1]
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=n_tokens,
                              do_sample=False, pad_token_id=pad_id)
         new = gen[:, width:].cpu().tolist()

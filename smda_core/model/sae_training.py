@@ -161,6 +161,7 @@ def residual_batches(model, seqs: list[list[int]], layer: int, start_pos: int, p
     The forward pass stops at the hooked block: the upper blocks and the LM head are never run.
     """
     from smda_core.model.loading import decoder_layers
+    from smda_core.model.training import pad_sequences
 
     store: dict[str, torch.Tensor] = {}
 
@@ -173,12 +174,7 @@ def residual_batches(model, seqs: list[list[int]], layer: int, start_pos: int, p
     try:
         for s in range(0, len(seqs), batch_size):
             batch = seqs[s: s + batch_size]
-            width = max(len(q) for q in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, q in enumerate(batch):
-                ids[r, : len(q)] = torch.tensor(q)
-                mask[r, : len(q)] = 1
+            ids, mask, _ = pad_sequences(batch, pad_id)
             try:
                 model(input_ids=ids.to(device), attention_mask=mask.to(device))
             except _StopForward:

@@ -24,6 +24,7 @@ from smda_core.config import ShiftSettings
 from smda_core.model.measurements import PairShifts
 from smda_core.model.readout import Readout, read_probes
 from smda_core.policy.behaviour import behaviour_from_logp
+from smda_core.model.training import make_optimizer, sft_batch, train_steps
 
 log = logging.getLogger(__name__)
 
@@ -93,40 +94,18 @@ def linearised_dx(sae, feature_ids: np.ndarray, hidden_base: list[torch.Tensor],
     return np.stack(rows)
 
 
-def sft_loss(model, ids: list[int], n_prompt: int) -> torch.Tensor:
-    """Mean next-token cross-entropy over the response tokens, in the model's own dtype.
-
-    (transformers' built-in loss upcasts logits to float32, which would cap a float64
-    measurement at float32 precision.)
-    """
-    input_ids = torch.tensor([ids], device=next(model.parameters()).device)
-    logits = model(input_ids=input_ids).logits[0]
-    return torch.nn.functional.cross_entropy(logits[n_prompt - 1: len(ids) - 1], input_ids[0, n_prompt:])
-
-
-def _optimizer(params, s: ShiftSettings) -> torch.optim.Optimizer:
-    if s.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=s.lr, momentum=0.0, weight_decay=s.weight_decay)
-    if s.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    raise SMDAError(f"shifts.optimizer '{s.optimizer}' is unknown: use 'sgd' or 'adamw'")
-
-
 def apply_pair_update(model, ids: list[int], n_prompt: int, settings: ShiftSettings) -> float:
-    """`settings.steps` optimiser steps on one pair's SFT loss; returns the last loss."""
+    """`settings.steps` optimiser steps on one pair's SFT loss; returns the last loss.
+
+    The loss is computed in the model's own dtype (see `smda_core.model.training`), so a
+    float64 measurement keeps float64 precision.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _optimizer(params, settings)
-    loss_val = float("nan")
-    for _ in range(settings.steps):
-        opt.zero_grad(set_to_none=True)
-        loss = sft_loss(model, ids, n_prompt)
-        if not torch.isfinite(loss):
-            raise SMDAError(f"non-finite SFT loss {float(loss.detach())}")
-        loss.backward()
-        opt.step()
-        loss_val = float(loss.detach())
-    opt.zero_grad(set_to_none=True)
-    return loss_val
+    opt = make_optimizer(params, settings.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
+                         what="shifts.optimizer")
+    batch = sft_batch([(ids, n_prompt)], pad_id=0)  # one sequence: no padding
+    losses = train_steps(model, [batch] * settings.steps, opt, check_finite=True)
+    return losses[-1] if losses else float("nan")
 
 
 class restored_weights:

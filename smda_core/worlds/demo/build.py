@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -18,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from smda_core.config import DemoSection
 from smda_core.worlds.demo import recipe
 from smda_core.inputs.records import write_jsonl
+from smda_core.model.training import make_optimizer, pad_sequences, sft_batch, train_steps, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -126,30 +125,14 @@ def _encode_conversations(tokenizer, conversations: list[dict]) -> list[tuple[li
 def _train_model(model, data: list[tuple[list[int], int]], *, seed: int, steps: int, batch_size: int, pad_id: int, progress: bool) -> float:
     """AdamW on the response tokens of the chat corpus (the prompt is context, not target)."""
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01, betas=(0.9, 0.98))
-    warm = steps // 20
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * s / steps))))
+    opt = make_optimizer(list(model.parameters()), "adamw", lr=3e-3, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = warmup_cosine(opt, steps // 20, steps)
+    batches = (sft_batch([data[rng.randrange(len(data))] for _ in range(batch_size)], pad_id) for _ in range(steps))
     model.train()
-    loss_val = float("nan")
-    for step in tqdm(range(steps), desc="train demo model", disable=not progress, mininterval=2.0):
-        batch = [data[rng.randrange(len(data))] for _ in range(batch_size)]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
-        labels = torch.full((batch_size, width), -100, dtype=torch.long)
-        mask = torch.zeros((batch_size, width), dtype=torch.long)
-        for r, (seq, n_prompt) in enumerate(batch):
-            ids[r, : len(seq)] = torch.tensor(seq)
-            mask[r, : len(seq)] = 1
-            labels[r, n_prompt: len(seq)] = torch.tensor(seq[n_prompt:])
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        loss_val = float(loss.detach())
+    losses = train_steps(model, batches, opt, scheduler=sched, clip_norm=1.0, progress=progress,
+                         desc="train demo model", total=steps)
     model.eval()
-    return loss_val
+    return losses[-1] if losses else float("nan")
 
 
 @torch.no_grad()
@@ -160,12 +143,7 @@ def _residuals(model, data: list[tuple[list[int], int]], layer: int, pad_id: int
     chunks = []
     for start in range(0, len(data), batch_size):
         batch = data[start: start + batch_size]
-        width = max(len(s) for s, _ in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, (seq, _) in enumerate(batch):
-            ids[r, : len(seq)] = torch.tensor(seq)
-            mask[r, : len(seq)] = 1
+        ids, mask, _ = pad_sequences([seq for seq, _ in batch], pad_id)
         with capture_residual(model, layer) as store:
             model(input_ids=ids, attention_mask=mask)
         chunks.append(store["h"][mask.bool()])

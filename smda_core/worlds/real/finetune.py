@@ -7,12 +7,10 @@ refusal openings without retraining what the model already knows.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 
 @dataclass(frozen=True)
@@ -24,22 +22,11 @@ class FinetuneSpec:
     seed: int = 0
 
 
-def _batch(data: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids, _ in data)
-    ids = torch.full((len(data), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(data), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(data), width), dtype=torch.long)
-    for r, (seq, n_prompt) in enumerate(data):
-        ids[r, : len(seq)] = torch.tensor(seq)
-        mask[r, : len(seq)] = 1
-        labels[r, n_prompt: len(seq)] = torch.tensor(seq[n_prompt:])
-    return ids, mask, labels
-
-
 def safety_finetune(model, tokenizer, corpus: list[dict], spec: FinetuneSpec, *, progress: bool = True) -> list[float]:
     """AdamW on the response tokens of `corpus` (prompt/response dicts); returns the loss per step."""
     from smda_core.model.chat import encode_pair
     from smda_core.model.loading import decoder_layers
+    from smda_core.model.training import make_optimizer, sft_batch, train_steps, warmup_cosine
 
     torch.manual_seed(spec.seed)
     rng = random.Random(spec.seed)
@@ -54,25 +41,20 @@ def safety_finetune(model, tokenizer, corpus: list[dict], spec: FinetuneSpec, *,
         for p in norm.parameters():
             p.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
-    warm = max(1, spec.steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * s / spec.steps))))
-    order: list[int] = []
-    losses = []
+    opt = make_optimizer(params, "adamw", lr=spec.lr, weight_decay=0.0)
+    sched = warmup_cosine(opt, max(1, spec.steps // 10), spec.steps)
+
+    def batches():  # epochs over a shuffled corpus
+        order: list[int] = []
+        for _ in range(spec.steps):
+            if len(order) < spec.batch_size:
+                order += rng.sample(range(len(data)), len(data))
+            take, order = order[: spec.batch_size], order[spec.batch_size:]
+            yield sft_batch([data[i] for i in take], tokenizer.pad_token_id)
+
     model.train()
-    for _ in tqdm(range(spec.steps), desc="safety fine-tune", disable=not progress, mininterval=2.0):
-        if len(order) < spec.batch_size:
-            order += rng.sample(range(len(data)), len(data))  # epochs over a shuffled corpus
-        take, order = order[: spec.batch_size], order[spec.batch_size:]
-        ids, mask, labels = _batch([data[i] for i in take], tokenizer.pad_token_id)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+    losses = train_steps(model, batches(), opt, scheduler=sched, clip_norm=1.0, progress=progress,
+                         desc="safety fine-tune", total=spec.steps)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
