@@ -109,7 +109,7 @@ def _old_batch(data, pad_id):
 
 
 def _old_safety_finetune(model, tokenizer, corpus, spec):
-    from smda_core.model.runtime import decoder_layers
+    from smda_core.model.loading import decoder_layers
 
     torch.manual_seed(spec.seed)
     rng = random.Random(spec.seed)
@@ -259,7 +259,8 @@ def test_demo_model_training_is_bit_identical_to_the_old_loop(tiny, grad_norms):
 
 
 def test_curation_retrain_is_bit_identical_to_the_old_loop(tiny):
-    from smda_core.experiments.curation import RetrainSettings, retrain
+    from smda_core.config import CurationSettings as RetrainSettings
+    from smda_core.experiments.curation import retrain
 
     model, tok, _ = tiny
     pairs = list(zip(PROMPTS, RESPONSES))
@@ -289,7 +290,8 @@ def test_safety_finetune_is_bit_identical_to_the_old_loop(tiny, grad_norms):
 
 @pytest.mark.parametrize("optimizer,steps,lr", [("sgd", 1, 1e-2), ("adamw", 3, 1e-3)])
 def test_one_pair_update_in_float64_is_bit_identical_to_the_old_step(tiny, optimizer, steps, lr):
-    from smda_core.model.shifts import ShiftSettings, apply_pair_update
+    from smda_core.config import ShiftSettings
+    from smda_core.model.shifts import apply_pair_update
 
     model, _, data = tiny
     settings = ShiftSettings(optimizer=optimizer, steps=steps, lr=lr)
