@@ -37,3 +37,25 @@ def policy(runtime, probe_scores):
     from smda_core.api import fit_policy
 
     return fit_policy(probe_scores, runtime.config.policy)
+
+
+def smda(*args: str, cwd: str | Path | None = None, env: dict | None = None, timeout: float = 600):
+    """The `smda` command as a user runs it: a fresh process on this checkout's code, stdout and stderr together.
+
+    `env` replaces variables of this environment (None removes one); DAGSTER_HOME and SMDA_CONFIG are
+    removed unless given, so a developer's own settings never leak into a test.
+    """
+    import subprocess
+    import sys
+
+    full = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "SMDA_CONFIG")}
+    for k, v in (env or {}).items():
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = str(v)
+    full["PYTHONPATH"] = str(ROOT)  # this checkout's code, wherever the command runs from
+    full.setdefault("COLUMNS", "200")  # Rich wraps at 80 columns without a terminal
+    return subprocess.run([sys.executable, "-m", "smda_assets.cli", *args], cwd=cwd or ROOT, env=full,
+                          capture_output=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
