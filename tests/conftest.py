@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+for _name in ("DAGSTER_HOME", "SMDA_CONFIG"):  # a developer's own instance or config never reaches the tests
+    os.environ.pop(_name, None)
 CACHE = os.environ.get("SMDA_TEST_CACHE", str(ROOT / ".cache" / "smda-demo"))
 
 

@@ -76,10 +76,11 @@ def test_two_warehouses_built_from_one_folder_never_see_each_others_runs(two):
 
 
 def test_ingest_recomputes_what_the_instance_recorded_but_the_warehouse_lacks(two):
-    """Reproduces: the instance's memory was taken for the warehouse's content; with the warehouse file
-    replaced (here: removed), `smda stale` said everything was fresh and `smda ingest` computed nothing."""
+    """Reproduces: the instance's memory was taken for the warehouse's content; with the warehouse removed
+    (the file and its folder of staged batches), `smda stale` said everything was fresh and `smda ingest`
+    computed nothing, leaving every view empty."""
     t = two
-    t.warehouse["a"].unlink()
+    shutil.rmtree(t.warehouse["a"].parent)
     out = t.smda("stale", "--config", "a.yaml", home="a")
     assert out.returncode == 0, out.stdout
     assert "everything is fresh" not in out.stdout
