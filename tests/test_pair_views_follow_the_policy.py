@@ -77,6 +77,10 @@ def test_after_a_refit_the_pair_views_show_only_rows_of_the_current_policy(world
     assert out.returncode == 0, out.stdout
     assert "waiting for the current policy" in out.stdout and s.batch in out.stdout, out.stdout
 
+    # Shifts measured against the old policy are never attributed with the new one.
+    error = _run(s.resource, s.instance, ["pair_attribution", "pair_summary"], partition=s.batch, raise_on_error=False)
+    assert error is not None and "measured against policy" in error and "pair_shifts" in error, error
+
     report = s.ingest()
     assert report.ran == [s.batch] and not report.failed
     features = _view_features(s)
