@@ -61,3 +61,20 @@ def smda(*args: str, cwd: str | Path | None = None, env: dict | None = None, tim
     return subprocess.run([sys.executable, "-m", "smda_assets.cli", *args], cwd=cwd or ROOT, env=full,
                           capture_output=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout)
+
+
+def smda_here(*args: str, cwd: str | Path | None = None, env: dict | None = None):
+    """The `smda` command in this process (click's runner): the same commands and output as :func:`smda`, without
+    a new interpreter's imports; `env` as there (None removes a variable). Returns `returncode` and `stdout`."""
+    import contextlib
+    import types
+
+    from typer.testing import CliRunner
+
+    from smda_assets.cli import app
+
+    with contextlib.chdir(cwd or ROOT):
+        result = CliRunner(env={k: (None if v is None else str(v)) for k, v in (env or {}).items()}).invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return types.SimpleNamespace(returncode=result.exit_code, stdout=result.output)

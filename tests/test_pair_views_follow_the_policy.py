@@ -1,7 +1,7 @@
 """Nothing mixed: the pair views show only rows computed against the current policy, `smda stale` lists the
 batches waiting for it, and two ingests at once end consistent.
 
-One small world (test_incremental's Setup: 60 demo probes, one watched file of 2 pairs, a real DuckDB
+One small world (test_incremental's Setup: 40 demo probes, one watched file of 1 pair, a real DuckDB
 file and a persistent Dagster instance).
 """
 
@@ -25,8 +25,8 @@ PAIR_VIEWS = ["v_pair_attribution", "v_pair_summary", "v_feature_top_pairs", "v_
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, demo_rows):  # noqa: F811
     probes, pairs = demo_rows
-    s = Setup(tmp_path_factory.mktemp("refit"), probes[:60])
-    _write_jsonl(s.inbox / "a.jsonl", pairs[:2])
+    s = Setup(tmp_path_factory.mktemp("refit"), probes[:40])
+    _write_jsonl(s.inbox / "a.jsonl", pairs[:1])
     report = s.ingest()
     assert not report.failed and len(report.ran) == 1
     s.batch = report.ran[0]
@@ -47,10 +47,10 @@ def _view_features(s: Setup) -> dict[str, set[int]]:
     return out
 
 
-def _smda(s: Setup, *args: str) -> subprocess.CompletedProcess:
-    from conftest import smda
+def _smda(s: Setup, *args: str):
+    from conftest import smda_here
 
-    return smda(*args, "--config", str(s.config), env={"DAGSTER_HOME": s.home})
+    return smda_here(*args, "--config", str(s.config), env={"DAGSTER_HOME": s.home})
 
 
 def test_after_a_refit_the_pair_views_show_only_rows_of_the_current_policy(world):
@@ -71,7 +71,7 @@ def test_after_a_refit_the_pair_views_show_only_rows_of_the_current_policy(world
     for view, features in _view_features(s).items():
         assert features <= after, f"{view} shows features no longer in the policy: {sorted(features - after)}"
     kept = query(s.warehouse, "SELECT count(*) AS n FROM smda.pair_summary WHERE batch_id = ?", [s.batch])["n"][0].as_py()
-    assert kept == 2  # the rows stay on record until their batch is recomputed
+    assert kept == 1  # the rows stay on record until their batch is recomputed
 
     out = _smda(s, "stale")
     assert out.returncode == 0, out.stdout
@@ -85,7 +85,7 @@ def test_after_a_refit_the_pair_views_show_only_rows_of_the_current_policy(world
     assert report.ran == [s.batch] and not report.failed
     features = _view_features(s)
     assert all(v and v <= after for v in features.values()), features
-    assert query(s.warehouse, "SELECT count(*) AS n FROM smda.v_pair_summary")["n"][0].as_py() == 2
+    assert query(s.warehouse, "SELECT count(*) AS n FROM smda.v_pair_summary")["n"][0].as_py() == 1
     assert "waiting for the current policy" not in _smda(s, "stale").stdout
     s.config.write_text(s.base)
 
@@ -106,7 +106,7 @@ def test_two_ingests_at_once_end_consistent(world):
     for view, key in keys.items():
         dup = query(s.warehouse, f"SELECT {key}, count(*) AS n FROM smda.{view} GROUP BY ALL HAVING count(*) > 1")
         assert dup.num_rows == 0, (view, dup.to_pylist())
-    assert query(s.warehouse, "SELECT count(*) AS n FROM smda.v_pair_summary")["n"][0].as_py() == 2
+    assert query(s.warehouse, "SELECT count(*) AS n FROM smda.v_pair_summary")["n"][0].as_py() == 1
     used = query(s.warehouse, "SELECT DISTINCT policy_version FROM smda.pair_summary WHERE batch_id = ?", [s.batch])
     current = query(s.warehouse, "SELECT policy_version FROM smda.v_policy_fit")
     assert used["policy_version"].to_pylist() == current["policy_version"].to_pylist()
