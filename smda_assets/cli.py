@@ -29,10 +29,11 @@ _options = {"verbose": False}
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Dagster's own log (every event, DEBUG); by default smda prints only "
-                                                "its own one-line messages")] = False) -> None:
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show Dagster's own log (every event); "
+                                                "by default smda prints only its own one-line messages")] = False) -> None:
     """Symbolic Mechanistic Data Attribution warehouse."""
     _options["verbose"] = verbose
+
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="smda.yaml (default: the embedded demo)")]
 WarehouseOpt = Annotated[str | None, typer.Option("--warehouse", help="DuckDB file (default: from the config)")]
@@ -248,7 +249,6 @@ def fit(config: ConfigOpt = None,
     """Fit the policy directly (no warehouse) and print the formula and fit report; compares presets quickly."""
     from smda_core.api import feature_labels, fit_policy, formula, load_runtime, measure_probes
     from smda_core.config import load_config
-
     from smda_core.preflight import check_config
 
     cfg = load_config(config, **({"preset": preset} if preset else {}))

@@ -8,7 +8,7 @@ names the file and line, is reported at the end.
 
 Before anything runs, the config is checked (smda_core.preflight: every problem at once, no model
 loaded), and the instance must serve this warehouse alone (smda_assets.instance). One ingest of a
-warehouse runs at a time (a second waits, then finds the work done). Dagster's own log stays at
+warehouse runs at a time (a second waits, then finds the work done). Dagster's own log is
 silent unless asked (`verbose`); failed asset checks and the policy's warnings come back in the
 report, for the command line.
 """
