@@ -5,7 +5,6 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
-export DAGSTER_HOME ?= $(CURDIR)
 export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: venv demo real test bench clean

@@ -25,6 +25,15 @@ class _Commands(TyperGroup):
 
 
 app = typer.Typer(cls=_Commands, help="Symbolic Mechanistic Data Attribution warehouse.", no_args_is_help=True)
+_options = {"verbose": False}
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show Dagster's own log (every event); "
+                                                "by default smda prints only its own one-line messages")] = False) -> None:
+    """Symbolic Mechanistic Data Attribution warehouse."""
+    _options["verbose"] = verbose
+
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="smda.yaml (default: the embedded demo)")]
 WarehouseOpt = Annotated[str | None, typer.Option("--warehouse", help="DuckDB file (default: from the config)")]
@@ -38,6 +47,16 @@ EXAMPLE_QUERIES = {
         "FROM smda.v_pair_summary s JOIN smda.v_sft_pairs p USING (pair_id) ORDER BY s.dy_harmful DESC LIMIT 5",
     "Top policy features": "SELECT feature_id, rank, round(coef, 3) AS coef, label FROM smda.v_policy ORDER BY rank LIMIT 5",
 }
+
+
+def _checked(config: str | None, warehouse: str | None):
+    """The resource of a config that passed every check (smda_core.preflight), before a model loads."""
+    from smda_assets.resources import SMDAResource
+    from smda_core.preflight import check_config
+
+    resource = SMDAResource(config_path=config, warehouse_path=warehouse)
+    check_config(resource.config(), source=config or "config")
+    return resource
 
 
 def _warehouse(config: str | None, warehouse: str | None) -> Path:
@@ -66,10 +85,28 @@ def demo(warehouse: WarehouseOpt = None) -> None:
 
 
 def _materialize(config: str | None, warehouse: str | None) -> None:
-    from smda_assets.run import materialize_all
+    from smda_assets.run import ingest as run_ingest
 
-    batches = materialize_all(config, warehouse)
-    console.print(f"[green]materialised[/] probes, policy, {len(batches)} SFT batch(es) and the views")
+    report = run_ingest(config, warehouse, everything=True, verbose=_options["verbose"],
+                        progress=lambda msg: console.print(f"[dim]·[/] {msg}"))
+    _print_outcome(report)
+    if report.failed or report.load_error:
+        raise SMDAError("; ".join([f"batch {b}: {e}" for b, e in report.failed.items()]
+                                  + ([report.load_error] if report.load_error else [])))
+    console.print(f"[green]materialised[/] probes, policy, {len(report.batches)} SFT batch(es) and the views")
+
+
+def _print_outcome(report) -> None:
+    """What an ingest leaves the user to know: failed batches, warnings, batches out of the pair views."""
+    for batch, error in report.failed.items():
+        console.print(f"[bold red]batch {batch} failed:[/] {escape(' '.join(error.split()))}", soft_wrap=True)
+    if report.load_error:
+        console.print(f"[bold red]loading failed:[/] {escape(' '.join(report.load_error.split()))}", soft_wrap=True)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(' '.join(warning.split()))}", soft_wrap=True)
+    if report.waiting:
+        console.print(f"[yellow]waiting for the current policy[/] (out of the pair views until recomputed): "
+                      f"{', '.join(report.waiting)}", soft_wrap=True)
 
 
 @app.command()
@@ -85,21 +122,20 @@ def ingest(config: ConfigOpt = None, warehouse: WarehouseOpt = None,
     """One-shot refresh without a daemon: new SFT files in the watched folder and stale results (changed model, SAE, probes, settings)."""
     from smda_assets.run import ingest as run_ingest
 
-    report = run_ingest(config, warehouse, workers=workers, everything=everything,
+    report = run_ingest(config, warehouse, workers=workers, everything=everything, verbose=_options["verbose"],
                         progress=lambda msg: console.print(f"[dim]·[/] {msg}"))
     for path, batch in report.duplicates.items():
         console.print(f"[yellow]duplicate[/] {path}: same content as batch {batch}; not added again")
     console.print(f"batches: {len(report.batches)} ({len(report.added)} new); probe side refitted: {report.probe_side}; "
-                  f"computed: {', '.join(report.ran) or 'none'}")
-    for batch, error in report.failed.items():
-        console.print(f"[bold red]batch {batch} failed:[/] {error}")
+                  f"computed: {', '.join(b for b in report.ran if b not in report.failed) or 'none'}")
+    _print_outcome(report)
     if report.retired:
         console.print(f"retired superseded partitions (rows kept on record): {', '.join(report.retired)}")
     from smda_core.store.query import query
 
     print_rows(query(_warehouse(config, warehouse), "SELECT batch_id, source_file, n_pairs, status, superseded_by "
                                                       "FROM smda.v_sft_batches"), "SFT batches")
-    if report.failed:
+    if report.failed or report.load_error:
         raise typer.Exit(code=1)
 
 
@@ -111,11 +147,16 @@ def stale(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     from smda_assets.run import default_instance
     from smda_assets.resources import SMDAResource
     from smda_assets.staleness import stale_report
+    from smda_core.preflight import check_config
 
     resource = SMDAResource(config_path=config, warehouse_path=warehouse)
+    check_config(resource.config(), source=config or "config")
     report = stale_report(defs, default_instance(resource), smda=resource)
     rows = [{"asset": k[0], "partition": k[1] or "", "status": v, "because": "; ".join(report.causes.get(k, []))[:120]}
             for k, v in sorted(report.status.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")) if v != "fresh"]
+    if report.waiting:
+        console.print(f"[yellow]waiting for the current policy[/] (out of the pair views until recomputed; "
+                      f"smda ingest does): {', '.join(report.waiting)}", soft_wrap=True)
     if not rows:
         console.print("[green]everything is fresh[/]")
         return
@@ -170,8 +211,10 @@ def query_cmd(sql: str, config: ConfigOpt = None, warehouse: WarehouseOpt = None
     if format == "parquet":
         pq.write_table(table, out)
     elif format == "csv":
+        from smda_core.store.query import flat_columns
+
         buf = io.BytesIO()
-        pacsv.write_csv(table, buf)
+        pacsv.write_csv(flat_columns(table), buf)  # LIST / STRUCT / MAP cells as JSON text
         text = buf.getvalue().decode()
         out.write_text(text) if out else typer.echo(text, nl=False)
     else:
@@ -190,6 +233,8 @@ def _show_policy(path: Path) -> None:
     console.print(f"λ={f['lambda']:.4g}  R²={f['r2']:.3f}  LOO R²={f['loo_r2']:.3f}  held-out accuracy={f['accuracy']:.3f} "
                   f"(majority baseline {f['majority_baseline']:.3f})  n={f['n_probes']} k={f['k']}  preset={f['preset']}  "
                   f"{f['hook']} @ {f['position']}")
+    for warning in (f.get("warnings") or "").splitlines():
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
 @app.command()
@@ -204,8 +249,10 @@ def fit(config: ConfigOpt = None,
     """Fit the policy directly (no warehouse) and print the formula and fit report; compares presets quickly."""
     from smda_core.api import feature_labels, fit_policy, formula, load_runtime, measure_probes
     from smda_core.config import load_config
+    from smda_core.preflight import check_config
 
     cfg = load_config(config, **({"preset": preset} if preset else {}))
+    check_config(cfg, source=config or "config")
     runtime = load_runtime(cfg)
     policy = fit_policy(measure_probes(runtime), cfg.policy)
     labels = feature_labels(policy, runtime.probes, cfg.policy.labels_path)
@@ -213,6 +260,8 @@ def fit(config: ConfigOpt = None,
     console.print(f"preset={cfg.preset}  λ={policy.lam:.4g}  R²={policy.r2:.3f}  LOO R²={policy.loo_r2:.3f}  "
                   f"held-out accuracy={policy.accuracy:.3f}  majority baseline={policy.majority_baseline:.3f}  "
                   f"n={policy.n} k={policy.k}")
+    for warning in policy.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
 @app.command()
@@ -247,9 +296,8 @@ def curate(rule: Annotated[str | None, typer.Option(help="quantitative[:SCORE] |
            n_random: Annotated[int | None, typer.Option(help="random removals of the same size (default: config, 5)")] = None) -> None:
     """Drop pairs by a rule, retrain from the base on full / curated / oracle / random removals, evaluate, store in v_curation."""
     from smda_assets.experiments import curate as run_curate
-    from smda_assets.resources import SMDAResource
 
-    result = run_curate(SMDAResource(config_path=config, warehouse_path=warehouse), rule=rule, n_random=n_random)
+    result = run_curate(_checked(config, warehouse), rule=rule, n_random=n_random)
     print_rows(result.table().select(["variant", "n_pairs", "correctness", "precision", "recall", "f1", "refusal_accuracy"]),
                f"curation {result.experiment_id}: rule {result.rule}")
     cmp = result.comparison
@@ -271,9 +319,8 @@ def validate_lds(subsets: Annotated[int, typer.Option(help="random subsets to fi
                  config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     """Counterfactual agreement: Spearman across subsets of actual vs summed per-pair effects; stored in v_validation."""
     from smda_assets.experiments import lds
-    from smda_assets.resources import SMDAResource
 
-    table = lds(SMDAResource(config_path=config, warehouse_path=warehouse), subsets=subsets, fraction=fraction, peer=peer)
+    table = lds(_checked(config, warehouse), subsets=subsets, fraction=fraction, peer=peer)
     print_rows(table.select(["check", "method", "score", "n", "spearman"]), "LDS")
 
 
@@ -283,9 +330,8 @@ def validate_stability(sae_seeds: Annotated[int, typer.Option(help="SAEs that di
                        config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     """Agreement of the policy and of per-pair scores across SAE training seeds; stored in v_validation."""
     from smda_assets.experiments import stability
-    from smda_assets.resources import SMDAResource
 
-    table, _ = stability(SMDAResource(config_path=config, warehouse_path=warehouse), sae_seeds=sae_seeds, n_pairs=pairs)
+    table, _ = stability(_checked(config, warehouse), sae_seeds=sae_seeds, n_pairs=pairs)
     print_rows(table.select(["check", "method", "score", "n", "spearman"]), "Stability across SAE seeds (spearman = value)")
 
 

@@ -17,6 +17,14 @@ class SMDAResource(dg.ConfigurableResource):
     config_path: str | None = None
     warehouse_path: str | None = None
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Every run checks that its instance serves this warehouse (smda_assets.instance): a daemon on a
+        DAGSTER_HOME bound to another warehouse fails at once instead of mixing the two."""
+        from smda_assets.instance import bind
+
+        if context.instance is not None:
+            bind(context.instance, self.warehouse)
+
     def config(self):
         from smda_core.config import load_config
 
@@ -49,15 +57,22 @@ class SMDAResource(dg.ConfigurableResource):
             yield con
 
     def write(self, tables: dict, *, partition: str | None = None, key: str = "batch_id") -> None:
-        """Replace whole tables, or the rows of one partition (`key` = partition), each in its own transaction."""
+        """Replace whole tables, or the rows of one partition (`key` = partition), all in one transaction: a
+        reader or a crash never sees a new policy_features beside an old policy_fit."""
         from smda_core.store.warehouse import replace_partition, replace_table
 
         with self.connect() as con:
-            for name, table in tables.items():
-                if partition is None:
-                    replace_table(con, name, table)
-                else:
-                    replace_partition(con, name, key, partition, table)
+            con.begin()
+            try:
+                for name, table in tables.items():
+                    if partition is None:
+                        replace_table(con, name, table, transaction=False)
+                    else:
+                        replace_partition(con, name, key, partition, table, transaction=False)
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
 
     @property
     def stage(self):
@@ -65,6 +80,16 @@ class SMDAResource(dg.ConfigurableResource):
         from smda_core.store.staging import Stage
 
         return Stage(self.files / "staging")
+
+    def pairs_elsewhere(self, batch_id: str, source_file: str, batch_ids):
+        """The pairs of the other active batches (loaded, or staged and not loaded yet) that a batch's ids must not repeat."""
+        from smda_core.store.staging import pairs_elsewhere
+        from smda_core.store.warehouse import session
+
+        if not self.warehouse.exists():
+            return pairs_elsewhere(None, self.stage, batch_ids, batch_id, source_file)
+        with session(self.warehouse, read_only=True) as con:
+            return pairs_elsewhere(con, self.stage, batch_ids, batch_id, source_file)
 
     @property
     def plots(self) -> Path:
@@ -85,12 +110,17 @@ class SMDAResource(dg.ConfigurableResource):
         Nothing fitted is stored as an object: anyone who can write the warehouse folder could
         otherwise make the next step run code (a pickle).
         """
+        return self.stored_policy(scores)[0]
+
+    def stored_policy(self, scores=None):
+        """:meth:`policy` and the version the warehouse records for it (read together: the pair rows carry it)."""
         from smda_core.policy.fit import fit_policy
-        from smda_core.store.tables import check_stored_policy
+        from smda_core.store.tables import check_stored_policy, stored_policy_version
         from smda_core.store.warehouse import session
 
         scores = scores if scores is not None else self.readout()[0]
         policy = fit_policy(scores, self.config().policy)
         with session(self.warehouse, read_only=True) as con:
             check_stored_policy(con, policy)
-        return policy
+            version = stored_policy_version(con)
+        return policy, version

@@ -15,6 +15,12 @@ inputs need not have been observed. A result is
 Results with no content version of their own (the loader, views, metadata, plots, the curation
 experiment) are 'missing' if never materialised and 'stale' if an upstream result is stale or
 missing, or was materialised after them (they were built from an older one); else 'fresh'.
+
+The instance only remembers; the warehouse is what users read. A result the instance recorded but
+the warehouse does not hold (smda_core.store.state: the readout and policy versions it was written
+with, each batch's pair rows or staged files against the current policy) is 'missing' too ("not in
+the warehouse"), so `smda ingest` recomputes it. `waiting` names the batches whose loaded rows were
+computed against another policy than the warehouse's: the pair views leave them out until then.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class StaleReport:
 
     status: dict[Key, str] = field(default_factory=dict)
     causes: dict[Key, list[str]] = field(default_factory=dict)
+    waiting: list[str] = field(default_factory=list)  # batches out of the pair views until recomputed for the current policy
 
     def of(self, name: str, partition: str | None = None) -> str:
         return self.status[(name, partition)]
@@ -60,6 +67,7 @@ def stale_report(defs: dg.Definitions, instance: dg.DagsterInstance, partitions:
         smda: the resource whose config the results should follow (default: the one `defs` holds,
             which reads `$SMDA_CONFIG`); its inputs' content hashes give the expected versions.
     """
+    from smda_core.store.state import warehouse_state
     from smda_core.store.versions import expected_versions, input_versions
 
     if smda is None:
@@ -67,8 +75,9 @@ def stale_report(defs: dg.Definitions, instance: dg.DagsterInstance, partitions:
         smda = held if isinstance(held, SMDAResource) else SMDAResource()
     parts = list(partitions) if partitions is not None else list(instance.get_dynamic_partitions(sft_batches.name))
     expected = expected_versions(input_versions(smda.config()), parts)
+    state = warehouse_state(smda.warehouse, smda.stage, parts)
     parents, partitioned = _graph(defs)
-    report = StaleReport()
+    report = StaleReport(waiting=state.waiting())
     latest: dict[Key, dg.EventLogRecord | None] = {}
     for name in TopologicalSorter(parents).static_order():
         if name not in partitioned:
@@ -86,10 +95,40 @@ def stale_report(defs: dg.Definitions, instance: dg.DagsterInstance, partitions:
             else:
                 causes = _newer_upstream(record, upstream, latest)
             causes += _upstream_causes(report, upstream, pk)
-            report.status[key] = "stale" if causes else "fresh"
-            if causes:
-                report.causes[key] = list(dict.fromkeys(causes))
+            lacking = [] if causes else _not_held(name, pk, state, expected)
+            report.status[key] = "missing" if lacking else "stale" if causes else "fresh"
+            if causes or lacking:
+                report.causes[key] = list(dict.fromkeys(causes or lacking))
     return report
+
+
+def _not_held(name: str, batch: str | None, state, expected: dict) -> list[str]:
+    """Why the warehouse does not hold a result the instance recorded as fresh (nothing when it does)."""
+    from smda_core.store.versions import BATCH_ASSETS, POLICY_ASSETS, READOUT_ASSETS
+
+    where = "not in the warehouse"
+    if not state.exists:
+        return [f"{where}: the file does not exist (the instance recorded it; was it deleted or moved?)"]
+    policy = expected[("policy", None)].value
+    if name in READOUT_ASSETS and state.readout_version != expected[(name, None)].value:
+        return [f"{where}: it holds " + ("no probe readout" if state.readout_version is None
+                                          else f"the probe readout {state.readout_version}")]
+    if name in POLICY_ASSETS and state.policy_version != policy:
+        return [f"{where}: it holds " + ("no policy version" if state.policy_version is None
+                                          else f"the policy {state.policy_version}")]
+    if name in BATCH_ASSETS and batch is not None:
+        b = state.batch(batch)
+        if state.attributed(batch, policy):
+            return []
+        if name in ("pair_attribution", "pair_summary"):
+            return [f"{where}: no pair rows of this batch against the current policy, loaded or staged"]
+        if name == "pair_shifts" and b.shifts_policy_version != policy:
+            return [f"{where}: no staged shifts of this batch against the current policy"]
+        if name == "sft_pairs" and not b.staged_pairs:
+            return [f"{where}: no staged pairs of this batch"]
+    if name == "loaded_batches" and state.unloaded():
+        return [f"staged but not loaded: {', '.join(state.unloaded())}"]
+    return []
 
 
 def _graph(defs: dg.Definitions) -> tuple[dict[str, list[str]], dict[str, bool]]:

@@ -16,10 +16,11 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from smda_core.errors import ConfigError
 
@@ -74,6 +75,16 @@ class BehaviourSection(_Strict):
     refusal_openings: tuple[str, ...] | None = Field(None, description="refusal openings (same token length); None = the world's")
     compliance_openings: tuple[str, ...] | None = Field(None, description="for kind=contrast")
     greedy_tokens: int = Field(4, gt=0, description="tokens decoded to derive `refused` when probes lack it")
+
+    @field_validator("refusal_openings", "compliance_openings")
+    @classmethod
+    def _not_empty(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and not value:  # never silently the world's: leaving the key out says that
+            raise ValueError("is an empty list: give at least one opening (the tokens this model begins that "
+                             "answer with), or leave the key out to use the world's own")
+        if value is not None and any(not o.strip() for o in value):
+            raise ValueError("holds an empty opening: every opening needs at least one token")
+        return value
 
 
 class PolicySettings(_Strict):
@@ -278,13 +289,35 @@ def _flatten(errors: list[dict], prefix: tuple = ()) -> list[dict]:
     return out
 
 
+def _section(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds: itself, or the item of a tuple/list of models (`data.metadata`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list of sections
+            continue
         field = model.model_fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        inner = _section(field.annotation) if field is not None else None
+        if inner is None:
             return []
-        model = field.annotation
+        model = inner
     return list(model.model_fields)
+
+
+def _key(loc: tuple) -> str:
+    """A config key as people write it: `data.metadata[0].path`, `attribution.methods[1]`."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
 def build_config(raw: dict[str, Any] | None = None, *, source: str = "config") -> SMDAConfig:
@@ -305,14 +338,21 @@ def _messages(exc: ValidationError, model: type[BaseModel]) -> list[str]:
     lines = []
     for err in _flatten(exc.errors()):
         loc = tuple(err["loc"])
-        dotted = ".".join(str(p) for p in loc)
+        dotted = _key(loc)
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(loc[-1]), _valid_keys(model, loc), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             lines.append(f"unknown key '{dotted}'{hint}")
+            continue
+        if err["type"] == "missing":
+            msg = "missing: this key is required"
         else:
             msg = str(err["msg"]).removeprefix("Value error, ")
-            lines.append(f"'{dotted}': {msg}" if dotted else msg)
+        if err["type"] == "literal_error":  # a misspelt choice: the closest allowed one
+            allowed = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+            close = difflib.get_close_matches(str(err.get("input")), allowed, n=1, cutoff=0.5)
+            msg += f"; did you mean '{close[0]}'?" if close else ""
+        lines.append(f"'{dotted}': {msg}" if dotted else msg)
     return lines
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from smda_core.config import SMDAConfig
-from smda_core.errors import SMDAError
-from smda_core.model.chat import EncodedPrompt
+from smda_core.errors import InputError, SMDAError
+from smda_core.model.chat import EncodedPrompt, context_length
 from smda_core.model.loading import check_compatible, hook_layer_from_sae, load_model, load_sae
 from smda_core.model.measurements import ProbeScores
 from smda_core.model.readout import Readout, greedy_refused, read_probes
@@ -94,9 +94,23 @@ def load_runtime(config: SMDAConfig, *, sources: Sources | None = None, progress
                for pid, p in zip(probes["probe_id"].to_pylist(), probes["prompt"].to_pylist())]
     # Compliance openings cost extra teacher-forcing branches: only the `contrast` behaviour reads them.
     compliance = src.compliance_openings if config.behaviour.kind == "contrast" else ()
-    return ModelRuntime(config, src, model, tokenizer, sae, int(layer), probes, encoded,
-                        encode_openings(tokenizer, src.refusal_openings),
-                        encode_openings(tokenizer, compliance, what="compliance_openings") if compliance else ())
+    refusal_ids = encode_openings(tokenizer, src.refusal_openings)
+    compliance_ids = encode_openings(tokenizer, compliance, what="compliance_openings") if compliance else ()
+    _check_context(encoded, probes, [*refusal_ids, *compliance_ids], context_length(model.config), src.probes)
+    return ModelRuntime(config, src, model, tokenizer, sae, int(layer), probes, encoded, refusal_ids, compliance_ids)
+
+
+def _check_context(encoded: list[EncodedPrompt], probes: pa.Table, openings: list[tuple[int, ...]], context: int | None,
+                   path: str) -> None:
+    """Each probe plus the longest opening read after it fits the model's context (positions it was built for)."""
+    if context is None:
+        return
+    span = max((len(o) for o in openings), default=0)
+    for pid, e in zip(probes["probe_id"].to_pylist(), encoded):
+        if len(e.input_ids) + span > context:
+            raise InputError(f"probe {pid}: {len(e.input_ids)} prompt tokens plus {span} of the openings are more than the "
+                             f"model's context of {context} positions (max_position_embeddings); shorten the prompt",
+                             path=path, field="prompt")
 
 
 def measure_probes(runtime: ModelRuntime, *, progress: bool = True) -> ProbeScores:

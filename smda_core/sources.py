@@ -43,7 +43,11 @@ def folder_files(folder: str | Path | None, patterns: Iterable[str]) -> list[Pat
 
 
 def _sft_files(config: SMDAConfig, default_folder: Path | None = None) -> tuple[tuple[str, ...], str | None]:
-    """The configured SFT files plus the watched folder's (the demo's SFT folder unless files are named)."""
+    """The configured SFT files plus the watched folder's (the demo's SFT folder unless `data.sft` is set).
+
+    Settings that are left out take the world's value; settings given, even empty (`sft: []`), are
+    used as given: an empty list is never silently replaced.
+    """
     folder = config.watch.folder or (str(default_folder) if default_folder else None)
     files = [*(config.data.sft or ()), *(str(p) for p in folder_files(folder, config.watch.patterns))]
     return tuple(dict.fromkeys(files)), folder
@@ -69,19 +73,24 @@ def resolve_sources(config: SMDAConfig, *, progress: bool = True) -> Sources:
                    sae_name=config.sae.path or f"{config.sae.release}/{config.sae.sae_id}")
 
 
+def _given(value, default):
+    """The configured value unless the key was left out (None): never `or`, which replaces an empty list."""
+    return default if value is None else value
+
+
 def _demo_sources(config: SMDAConfig, *, progress: bool) -> Sources:
     """The demo world's files; the user's own SAE, probes or SFT files replace the demo's where given."""
     from smda_core.worlds.demo.build import ensure_demo_world
 
     paths = ensure_demo_world(config.demo, progress=progress)
     meta = json.loads(paths.world.read_text())
-    sft, folder = _sft_files(config, default_folder=None if config.data.sft else paths.sft_dir)
+    sft, folder = _sft_files(config, default_folder=None if config.data.sft is not None else paths.sft_dir)
     own_sae = _sae_spec(config)
     return Sources(model=str(paths.model), sae=own_sae or {"path": str(paths.sae)},
                    hook_layer=config.model.hook_layer if config.model.hook_layer is not None else meta["hook_layer"],
-                   refusal_openings=tuple(config.behaviour.refusal_openings or meta["refusal_openings"]),
-                   compliance_openings=tuple(config.behaviour.compliance_openings or meta["compliance_openings"]),
-                   probes=config.data.probes or str(paths.probes), sft=sft, sft_folder=folder,
+                   refusal_openings=tuple(_given(config.behaviour.refusal_openings, meta["refusal_openings"])),
+                   compliance_openings=tuple(_given(config.behaviour.compliance_openings, meta["compliance_openings"])),
+                   probes=_given(config.data.probes, str(paths.probes)), sft=sft, sft_folder=folder,
                    model_name=f"smda-demo:{paths.root.name}",
                    sae_name=config.sae.path or (f"{config.sae.release}/{config.sae.sae_id}" if config.sae.release
                                                 else f"smda-demo-sae:{paths.root.name}"))

@@ -7,4 +7,5 @@ SELECT s.pair_id, s.batch_id, s.alignment, s.alignment_refit, s.alignment_linear
 FROM smda.pair_summary AS s
 LEFT JOIN smda.feature_labels AS l ON l.feature_id = s.dominant_feature
 LEFT JOIN smda.sft_pairs AS p ON p.pair_id = s.pair_id AND p.batch_id IS NOT DISTINCT FROM s.batch_id
-WHERE NOT EXISTS (SELECT 1 FROM smda.sft_batches AS sb WHERE sb.batch_id = s.batch_id AND sb.status = 'superseded');
+WHERE NOT EXISTS (SELECT 1 FROM smda.sft_batches AS sb WHERE sb.batch_id = s.batch_id AND sb.status = 'superseded')
+  AND s.policy_version IS NOT DISTINCT FROM (SELECT max(policy_version) FROM smda.policy_fit);  -- rows of the current policy only

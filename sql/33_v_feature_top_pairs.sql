@@ -10,6 +10,7 @@ FROM (
       ON s.pair_id = a.pair_id AND s.batch_id IS NOT DISTINCT FROM a.batch_id AND s.method = a.method
     LEFT JOIN smda.feature_labels AS l ON l.feature_id = a.feature_id
     WHERE a.delta_beta IS NOT NULL AND NOT EXISTS (SELECT 1 FROM smda.sft_batches AS sb WHERE sb.batch_id = a.batch_id AND sb.status = 'superseded')
+      AND a.policy_version IS NOT DISTINCT FROM (SELECT max(policy_version) FROM smda.policy_fit)  -- rows of the current policy only
 ) AS t
 WHERE rank <= 10
 ORDER BY feature_id, rank;

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+for _name in ("DAGSTER_HOME", "SMDA_CONFIG"):  # a developer's own instance or config never reaches the tests
+    os.environ.pop(_name, None)
 CACHE = os.environ.get("SMDA_TEST_CACHE", str(ROOT / ".cache" / "smda-demo"))
 
 
@@ -37,3 +39,42 @@ def policy(runtime, probe_scores):
     from smda_core.api import fit_policy
 
     return fit_policy(probe_scores, runtime.config.policy)
+
+
+def smda(*args: str, cwd: str | Path | None = None, env: dict | None = None, timeout: float = 600):
+    """The `smda` command as a user runs it: a fresh process on this checkout's code, stdout and stderr together.
+
+    `env` replaces variables of this environment (None removes one); DAGSTER_HOME and SMDA_CONFIG are
+    removed unless given, so a developer's own settings never leak into a test.
+    """
+    import subprocess
+    import sys
+
+    full = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "SMDA_CONFIG")}
+    for k, v in (env or {}).items():
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = str(v)
+    full["PYTHONPATH"] = str(ROOT)  # this checkout's code, wherever the command runs from
+    full.setdefault("COLUMNS", "200")  # Rich wraps at 80 columns without a terminal
+    return subprocess.run([sys.executable, "-m", "smda_assets.cli", *args], cwd=cwd or ROOT, env=full,
+                          capture_output=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
+
+
+def smda_here(*args: str, cwd: str | Path | None = None, env: dict | None = None):
+    """The `smda` command in this process (click's runner): the same commands and output as :func:`smda`, without
+    a new interpreter's imports; `env` as there (None removes a variable). Returns `returncode` and `stdout`."""
+    import contextlib
+    import types
+
+    from typer.testing import CliRunner
+
+    from smda_assets.cli import app
+
+    with contextlib.chdir(cwd or ROOT):
+        result = CliRunner(env={k: (None if v is None else str(v)) for k, v in (env or {}).items()}).invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return types.SimpleNamespace(returncode=result.exit_code, stdout=result.output)

@@ -406,3 +406,51 @@ def test_write_jsonl_is_deterministic_and_reads_back(tmp_path):
     assert write_jsonl(tmp_path / "b.jsonl", rows).read_bytes() == first
     assert first == '{"prompt": "ünï", "response": "r", "z": 1, "a": [1, 2]}\n'.encode()
     assert read_sft_pairs(tmp_path / "b.jsonl", batch_id="b").column("z").to_pylist() == [1]
+
+
+@pytest.mark.parametrize("name", ["latin1.jsonl", "latin1.csv"])
+def test_latin1_bytes_name_the_file_and_line(tmp_path, name):
+    """Text saved in Latin-1 (é as one byte 0xE9) is not UTF-8: the error names the file and the line of the first bad byte."""
+    path = tmp_path / name
+    good = '{"prompt": "p", "response": "r"}\n' if name.endswith(".jsonl") else "prompt,response\np,r\n"
+    bad = '{"prompt": "café", "response": "r"}\n' if name.endswith(".jsonl") else "café,r\n"
+    path.write_bytes(good.encode() + bad.encode("latin-1"))
+    with pytest.raises(InputError, match="not valid UTF-8") as exc:
+        read_sft_pairs(path)
+    assert_names(exc, path, 2 if name.endswith(".jsonl") else 3, None)
+
+
+def test_pair_ids_unique_across_active_batches_name_both_files_and_lines(tmp_path):
+    from smda_core.inputs.pairs import check_pair_ids_unique
+
+    a = write_jsonl(tmp_path / "a.jsonl", [{"pair_id": "x1", "prompt": "p", "response": "r"},
+                                           {"pair_id": "x2", "prompt": "q", "response": "s"}])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"pair_id": "y1", "prompt": "t", "response": "u"},
+                                           {"pair_id": "x2", "prompt": "v", "response": "w"}])
+    first, second = read_sft_pairs(a, batch_id="a-1"), read_sft_pairs(b, batch_id="b-2")
+    check_pair_ids_unique(first, second.slice(0, 1))  # no shared id: nothing to say
+    with pytest.raises(InputError) as exc:
+        check_pair_ids_unique(second, first)
+    assert_names(exc, b, 2, "pair_id")
+    assert "'x2'" in str(exc.value) and f"{a} line 2 (batch a-1)" in str(exc.value)
+
+
+def test_pairs_longer_than_the_models_context_name_file_line_and_field(tmp_path):
+    """Reproduces: the limit was a fixed 1,024 tokens, so a 150-word prompt on the demo's 96-position model passed."""
+    from conftest import demo_config
+    from smda_core.model.chat import check_pair_lengths, context_length, load_tokenizer
+    from smda_core.sources import resolve_sources
+
+    tokenizer, config = load_tokenizer(resolve_sources(demo_config(), progress=False).model)
+    assert context_length(config) == 96
+    rows = [{"prompt": "how do i bake bread", "response": "like this"},
+            {"prompt": " ".join(["please"] * 150), "response": "sure"},
+            {"prompt": "name a colour", "response": " ".join(["blue"] * 120)}]
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    pairs = read_sft_pairs(path)
+    cells = lambda t: zip(*(t[c].to_pylist() for c in ("prompt", "response", "source_file", "line")))  # noqa: E731
+    check_pair_lengths(tokenizer, cells(pairs.slice(0, 1)), 96)
+    for index, field in ((1, "prompt"), (2, "response")):
+        with pytest.raises(InputError, match="context of 96 positions") as exc:
+            check_pair_lengths(tokenizer, cells(pairs.slice(index, 1)), 96)
+        assert_names(exc, path, index + 1, field)

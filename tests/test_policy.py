@@ -205,3 +205,54 @@ def test_render_formula_sorted_by_abs_coef_with_labels() -> None:
     text = render_formula(pol, {2: "weapons instructions"}, behaviour_name="refusal")
     assert text == "refusal ≈ 0.5 − 4·[feature 5] + 2·[weapons instructions]"
     assert render_formula(pol, {}, top=1) == "refusal ≈ 0.5 − 4·[feature 5] …"
+
+
+def _fit(X, harmful, y, refused=None, **settings):
+    n = X.shape[0]
+    refused = harmful if refused is None else refused
+    return fit_policy_arrays(*to_coo(X), n, harmful=harmful, y=y, refused=refused,
+                             category=np.where(harmful, "bad", "good"), settings=PolicySettings(**settings))
+
+
+def test_fit_warnings_name_k_at_least_n_lambda_at_the_grid_edge_and_no_gain_over_the_majority() -> None:
+    X, harmful, y = sparse_world(n=150)
+    sound = _fit(X, harmful, y, max_features=8)
+    assert sound.warnings == ()
+
+    wide = _fit(X[:40], harmful[:40], y[:40], contrast_threshold=0.0)  # every feature with any contrast: k ≥ n
+    assert wide.k >= wide.n == 40
+    assert any(w.startswith(f"k={wide.k} policy features for n=40 probes") and "policy.max_features" in w
+               for w in wide.warnings), wide.warnings
+
+    grid = (10.0, 100.0, 1000.0)  # the LOO optimum of this design lies below the grid
+    edge = _fit(X, harmful, y, max_features=8, lam_grid=grid)
+    errors = [np.mean((y - _loo_predictions(edge.Z, y, lam)) ** 2) for lam in grid]  # explicit LOO, independently
+    assert edge.lam == grid[int(np.argmin(errors))] == grid[0]
+    assert any("smallest value of the grid" in w and "policy.lam_grid" in w for w in edge.warnings), edge.warnings
+
+    always = _fit(X, harmful, y, max_features=8, refused=np.ones_like(harmful))  # everyone refused: baseline 1.0
+    assert always.majority_baseline == 1.0
+    assert any("does not beat the majority baseline 1.000" in w for w in always.warnings), always.warnings
+
+
+def _loo_predictions(Z, y, lam):
+    out = np.empty_like(y)
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        model = Ridge(alpha=lam, fit_intercept=True).fit(Z[keep], y[keep])
+        out[i] = model.predict(Z[i:i + 1])[0]
+    return out
+
+
+def test_a_constant_behaviour_and_one_sided_labels_get_a_hint_that_can_help() -> None:
+    X, harmful, y = sparse_world(n=60)
+    with pytest.raises(InputError, match="same on all 60 probes.*behaviour.refusal_openings") as err:
+        _fit(X, harmful, np.full(60, -3.0))
+    assert "contrast_threshold" not in str(err.value)
+    with pytest.raises(InputError, match="all 60 probes are labelled harmful=True.*data.probes"):
+        _fit(X, np.ones(60, dtype=bool), y)
+    with pytest.raises(InputError, match=r"the largest is 0.*contrast_threshold below"):
+        _fit(X, harmful, y, contrast_threshold=50.0)
+    flat = np.ones((60, 5))  # features that do not differ at all between harmful and harmless probes
+    with pytest.raises(InputError, match="every contrast is 0.*features.position"):
+        _fit(flat, harmful, y)

@@ -58,7 +58,7 @@ def test_connect_creates_folder_schema_and_tables(db):
     tables = {t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'smda'").fetchall()}
     assert set(wh.TABLES) <= tables
     assert [c[1] for c in con.execute("DESCRIBE smda.pair_group_shift").fetchall()] == \
-        ["VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "DOUBLE", "DOUBLE"]
+        ["VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "DOUBLE", "DOUBLE", "VARCHAR"]  # … policy_version
     con.close()
     assert db.parent.is_dir()
 

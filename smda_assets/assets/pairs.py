@@ -17,10 +17,12 @@ PAIR_TABLES = ["pair_attribution", "pair_summary", "pair_group_effects", "pair_g
 
 
 @dg.asset(partitions_def=sft_batches, group_name="pairs", deps=["probe_file"],
-          description="SFT pairs of one batch with every metadata field they arrived with, checked against the probes")
+          description="SFT pairs of one batch with every metadata field they arrived with, checked against the probes, "
+                      "the model's context and the pair ids of the other active batches")
 def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
     from smda_core import inputs
     from smda_core.inputs.batches import find_batch
+    from smda_core.model.chat import check_pair_lengths, context_length, load_tokenizer
     from smda_core.sources import resolve_sources
 
     version = computed_from(context, smda, "sft_pairs")  # before reading: a change meanwhile leaves it stale
@@ -31,8 +33,14 @@ def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mater
         raise dg.Failure(f"batch {batch}: no SFT file holds this content now (it was changed or removed); "
                          f"its staged copy, if any, is in {smda.stage.folder(batch)}")
     pairs = inputs.read_sft_pairs(source.path, batch_id=batch)  # errors name the file, line and field
-    probes = inputs.read_probes(resolve_sources(cfg, progress=False).probes)
+    src = resolve_sources(cfg, progress=False)
+    probes = inputs.read_probes(src.probes)
     overlap = inputs.check_overlap(probes, pairs, allow=cfg.data.allow_probe_overlap)
+    tokenizer, model_config = load_tokenizer(src.model, trust_remote_code=cfg.model.trust_remote_code)
+    check_pair_lengths(tokenizer, zip(*(pairs[c].to_pylist() for c in ("prompt", "response", "source_file", "line"))),
+                       context_length(model_config))
+    inputs.check_pair_ids_unique(pairs, smda.pairs_elsewhere(batch, str(source.path),
+                                                             context.instance.get_dynamic_partitions(sft_batches.name)))
     smda.stage.write_table(batch, "sft_pairs", pairs)
     smda.stage.save_json(batch, "source", {"source_file": str(source.path), "content_hash": source.content_hash})
     context.log.info(f"batch {batch}: {pairs.num_rows} pairs from {source.path}")
@@ -49,9 +57,10 @@ def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mat
     version = computed_from(context, smda, "pair_shifts")
     batch = context.partition_key
     pairs = smda.stage.read_table(batch, "sft_pairs")
-    policy = smda.policy()
+    policy, policy_version = smda.stored_policy()
     shifts = measure_shifts(load_runtime(smda.config(), progress=False), policy, pairs)
     smda.stage.save_shifts(batch, shifts)
+    smda.stage.save_json(batch, "shifts_policy", {"policy_version": policy_version})
     context.log.info(f"{len(shifts.pair_ids)} pairs, {shifts.seconds.mean():.2f} s per pair")
     return dg.MaterializeResult(metadata={"pairs": len(shifts.pair_ids), "seconds_per_pair": float(shifts.seconds.mean()),
                                           "dtype": shifts.settings.dtype}, **version)
@@ -76,16 +85,22 @@ def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResourc
     cfg = smda.config()
     batch = context.partition_key
     scores = smda.readout()[0]
-    policy = smda.policy(scores)
+    policy, policy_version = smda.stored_policy(scores)
+    measured = smda.stage.load_json(batch, "shifts_policy").get("policy_version") \
+        if smda.stage.has(batch, "shifts_policy.json") else None
+    if measured != policy_version:
+        raise dg.Failure(f"batch {batch}: its shifts were measured against policy {measured}, and the warehouse's "
+                         f"policy is now {policy_version}: materialise pair_shifts for it again (smda ingest does)")
     shifts = smda.stage.load_shifts(batch)
     pairs = smda.stage.read_table(batch, "sft_pairs")
     attr = attribute(policy, scores, shifts, pairs, cfg)
-    tables = pair_tables(batch, shifts, attr, policy, list(scores.probe_ids), delta_x=cfg.shifts.delta_x)
+    tables = pair_tables(batch, shifts, attr, policy, list(scores.probe_ids), delta_x=cfg.shifts.delta_x,
+                         policy_version=policy_version)
     for name in PAIR_TABLES:
         smda.stage.write_table(batch, name, tables[name])
     source = smda.stage.load_json(batch, "source")
     smda.stage.commit(batch, ["sft_pairs", *PAIR_TABLES], source_file=source["source_file"],
-                      content_hash=source["content_hash"], n_pairs=pairs.num_rows)
+                      content_hash=source["content_hash"], n_pairs=pairs.num_rows, policy_version=policy_version)
     summary = tables["pair_summary"].to_pandas()
     top = summary.sort_values("interference", ascending=False).head(5)[["pair_id", "dominant_feature", "interference", "flagged"]]
     yield dg.MaterializeResult(asset_key="pair_attribution", metadata=table_metadata(tables["pair_attribution"]),
@@ -112,6 +127,8 @@ def loaded_batches(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.
         report = load_batches(con, smda.stage, keys)
     context.log.info(f"loaded {report.loaded}; unchanged {len(report.unchanged)}; not staged {report.not_staged}; "
                      f"superseded {report.superseded}")
+    if report.refused:  # the others are loaded; these stay out of the warehouse, loudly
+        raise dg.Failure("; ".join(f"batch {b} not loaded: {why}" for b, why in report.refused.items()))
     return dg.MaterializeResult(metadata={"loaded": ", ".join(report.loaded) or "-", "n_loaded": len(report.loaded),
                                           "unchanged": len(report.unchanged), "not_staged": ", ".join(report.not_staged) or "-",
                                           "superseded": ", ".join(report.superseded) or "-"})

@@ -34,7 +34,8 @@ def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
                      f"{runtime.probes.num_rows} probes")
     scores = measure_probes(runtime)
     info = {"model": runtime.sources.model_name, "sae": runtime.sources.sae_name, "hook": runtime.hook_name,
-            "position": cfg.features.position, "behaviour": cfg.behaviour.kind, "dtype": cfg.model.dtype}
+            "position": cfg.features.position, "behaviour": cfg.behaviour.kind, "dtype": cfg.model.dtype,
+            "readout_version": version["data_version"].value}  # what the warehouse holds, against the instance's memory
     tables = probe_tables(runtime.probes, scores, info)
     smda.write(tables)
     for name in ("probes", "features", "behaviour_scores"):
@@ -67,9 +68,11 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
     text = formula(policy, labels, cfg.behaviour.kind)
     tables = policy_tables(policy, scores, labels, preset=cfg.preset, model=info["model"], sae=info["sae"],
                            hook=info["hook"], position=info["position"], behaviour=info["behaviour"], dtype=info["dtype"],
-                           formula=text)
-    smda.write(tables)
+                           formula=text, policy_version=version["data_version"].value)
+    smda.write(tables)  # one transaction: the policy and its version change together
     context.log.info(text)
+    for warning in policy.warnings:
+        context.log.warning(warning)
     fit = {"lambda": policy.lam, "r2": policy.r2, "loo_r2": policy.loo_r2, "accuracy": policy.accuracy,
            "majority_baseline": policy.majority_baseline, "k": policy.k}
     yield dg.MaterializeResult(asset_key="policy", metadata={**table_metadata(tables["policy_features"]),
@@ -79,9 +82,11 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
                                **version)
     yield dg.MaterializeResult(asset_key="feature_labels", metadata=table_metadata(tables["feature_labels"]),
                                **version)
+    passed = bool(policy.accuracy > policy.majority_baseline)
     yield dg.AssetCheckResult(
-        check_name="beats_majority_baseline", asset_key="policy_fit", passed=bool(policy.accuracy > policy.majority_baseline),
+        check_name="beats_majority_baseline", asset_key="policy_fit", passed=passed,
         severity=dg.AssetCheckSeverity.WARN,
+        description=None if passed else next(w for w in policy.warnings if "majority baseline" in w),
         metadata={"accuracy": policy.accuracy, "majority_baseline": policy.majority_baseline})
 
 

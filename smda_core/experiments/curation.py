@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from smda_core.model.chat import EncodedPrompt, encode_pair
+from smda_core.model.chat import EncodedPrompt, context_length, encode_pair
 from smda_core.config import CurationSettings
 from smda_core.errors import SMDAError
 from smda_core.model.readout import greedy_refused, read_probes
@@ -84,7 +84,7 @@ def retrain(model, tokenizer, pairs: Sequence[tuple[str, str]], settings: Curati
     params = [p for p in tuned.parameters() if p.requires_grad]
     opt = make_optimizer(params, settings.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
                          what="curation.optimizer")
-    data = [encode_pair(tokenizer, p, r, name="curation pair") for p, r in pairs]
+    data = [encode_pair(tokenizer, p, r, name="curation pair", max_tokens=context_length(model.config)) for p, r in pairs]
     pad = tokenizer.pad_token_id
 
     def epochs():  # each epoch over a fresh shuffle of the pairs

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from smda_core.model.chat import EncodedPrompt, encode_pair
+from smda_core.model.chat import EncodedPrompt, context_length, encode_pair
 from smda_core.model.training import response_ce, sft_batch
 
 
@@ -27,7 +27,7 @@ def tracin_harmful_refusal(model, tokenizer, pairs: Sequence[tuple[str, str]], h
 
     model = copy.deepcopy(model).float().eval()  # the caller's model stays as it is
     pad = tokenizer.pad_token_id
-    enc = [encode_pair(tokenizer, p, r, name="peer pair") for p, r in pairs]
+    enc = [encode_pair(tokenizer, p, r, name="peer pair", max_tokens=context_length(model.config)) for p, r in pairs]
     train = sft_batch(enc, pad)  # right padding: a causal model's response logits never see the padding
     span = max(len(o) for o in refusal_openings)
     branch = list(refusal_openings[0][:-1])

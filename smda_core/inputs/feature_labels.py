@@ -9,7 +9,7 @@ from typing import Any
 
 
 from smda_core.errors import InputError
-from smda_core.inputs.records import _INT_RE, _JSON_EXTS, _check_file, _decode, _json_values, _missing
+from smda_core.inputs.records import _INT_RE, _JSON_EXTS, _TOO_DEEP, _check_file, _decode, _json_values, _missing
 
 
 # --------------------------------------------------------------------------- feature labels
@@ -79,6 +79,8 @@ def _label_items(text: str, path: Path) -> Iterator[tuple[int | None, str, Any]]
             whole = json.loads(stripped)
         except json.JSONDecodeError:
             whole = None  # several objects: JSON lines
+        except RecursionError:
+            raise InputError(_TOO_DEEP, path=str(path), line=1) from None
         if isinstance(whole, dict) and not any(f in whole for f in _INDEX_FIELDS):
             if "explanations" in whole:
                 explanations = whole["explanations"]

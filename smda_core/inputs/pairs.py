@@ -150,3 +150,32 @@ def check_overlap(probes: pa.Table, pairs: pa.Table, allow: bool) -> pa.Table:
         line=line,
         field="prompt",
     )
+
+
+# --------------------------------------------------------------------------- pair ids across batches
+
+
+def check_pair_ids_unique(pairs: pa.Table, others: pa.Table) -> None:
+    """A batch's pair ids must not be those of another active batch: joins by `pair_id` would mix two pairs.
+
+    Args:
+        pairs: the batch (pair_id, source_file, line).
+        others: the pairs of the other active batches (pair_id, batch_id, source_file, line); batches of
+            the same file are left out by the caller (a file's new content supersedes its old batch).
+
+    Raises:
+        InputError: naming this pair's file, line and the field, and the file, line and batch of the other.
+    """
+    if pairs.num_rows == 0 or others.num_rows == 0:
+        return
+    taken = {}
+    for row in others.select(["pair_id", "batch_id", "source_file", "line"]).to_pylist():
+        taken.setdefault(row["pair_id"], row)
+    for pid, source, line in zip(pairs["pair_id"].to_pylist(), pairs["source_file"].to_pylist(), pairs["line"].to_pylist()):
+        other = taken.get(pid)
+        if other is not None:
+            raise InputError(
+                f"pair_id {pid!r} is already used by {other['source_file']} line {other['line']} (batch "
+                f"{other['batch_id']}); pair ids must be unique across the active batches, or joins by pair_id mix "
+                "two pairs: give one of them another id (or leave pair_id out: the default id names its batch)",
+                path=source, line=line, field="pair_id")

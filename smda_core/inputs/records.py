@@ -72,6 +72,7 @@ _LEADING_ZERO_RE = re.compile(r"^-?0[0-9]")
 _INT64_MAX = 2**63 - 1
 
 _OVERLAP_SHOWN = 5
+_TOO_DEEP = "malformed JSON: values nested too deeply to read (lists or objects inside each other, hundreds deep)"
 
 
 # --------------------------------------------------------------------------- hashes
@@ -150,6 +151,8 @@ def _json_values(text: str, path: Path) -> Iterator[tuple[int, Any]]:
             raise InputError(
                 f"malformed JSON: {exc.msg} (column {exc.colno})", path=str(path), line=number
             ) from None
+        except RecursionError:
+            raise InputError(_TOO_DEEP, path=str(path), line=number) from None
         yield number, value
 
 
@@ -184,6 +187,8 @@ def _json_array_items(text: str, path: Path) -> Iterator[tuple[int, Any]]:
                 raise InputError(
                     f"malformed JSON: {exc.msg} (column {exc.colno})", path=str(path), line=exc.lineno
                 ) from None
+            except RecursionError:
+                raise InputError(_TOO_DEEP, path=str(path), line=line_at(idx)) from None
             yield line_at(idx), value
             idx = skip_ws(end)
             if idx < n and text[idx] == ",":
@@ -361,7 +366,7 @@ def _feature_list(record: _Record, name: str, path: Path) -> list[int]:
         if text.startswith("["):
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise bad(f"got {value!r}") from None
         else:
             value = [part.strip() for part in text.split(",") if part.strip()]

@@ -7,9 +7,13 @@ tokenizer: ours, ChatML (SmolLM2), Llama-3.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from smda_core.errors import InputError
+from smda_core.errors import InputError, SMDAError
+
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
 
 @dataclass(frozen=True)
@@ -65,14 +69,15 @@ def encode_prompt(tokenizer, prompt: str, *, name: str = "prompt", max_tokens: i
     return EncodedPrompt(tuple(ids), user, eot, len(ids) - 1)
 
 
-def encode_pair(tokenizer, prompt: str, response: str, *, name: str = "pair", max_tokens: int = 1024) -> tuple[list[int], int]:
+def encode_pair(tokenizer, prompt: str, response: str, *, name: str = "pair", max_tokens: int | None = None) -> tuple[list[int], int]:
     """Token ids of prompt + response as the model would see them in SFT, and where the response starts.
 
     The loss of SFT is taken on the tokens from that index on (response tokens, end-of-turn included).
+    `max_tokens` is the model's context (:func:`context_length`); None checks no length.
     """
     if not response.strip():
         raise InputError("empty response", path=name, field="response")
-    head = encode_prompt(tokenizer, prompt, name=name, max_tokens=max_tokens)
+    head = encode_prompt(tokenizer, prompt, name=name, max_tokens=max_tokens if max_tokens is not None else 10**9)
     messages = [{"role": "user", "content": prompt.strip()}, {"role": "assistant", "content": response.strip()}]
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     ids = tokenizer(full, add_special_tokens=False)["input_ids"]
@@ -82,8 +87,9 @@ def encode_pair(tokenizer, prompt: str, response: str, *, name: str = "pair", ma
         # fall back to prompt ids + tokenised response + end-of-turn.
         eot_id = head.input_ids[head.end_of_turn]
         ids = list(head.input_ids) + tokenizer(response.strip(), add_special_tokens=False)["input_ids"] + [eot_id]
-    if len(ids) > max_tokens:
-        raise InputError(f"pair has {len(ids)} tokens, more than {max_tokens}", path=name, field="response")
+    if max_tokens is not None and len(ids) > max_tokens:
+        raise InputError(f"prompt + response are {len(ids)} tokens, more than the model's context of {max_tokens} "
+                         "positions", path=name, field="response")
     if len(ids) <= n_prompt:
         raise InputError("response has no tokens", path=name, field="response")
     return list(ids), n_prompt
@@ -101,3 +107,45 @@ def encode_openings(tokenizer, openings: tuple[str, ...], *, what: str = "refusa
     if len(set(encoded)) != len(encoded):
         raise InputError("two openings have the same tokens", field=f"behaviour.{what}")
     return encoded
+
+
+def context_length(model_config: Any) -> int | None:
+    """How many positions the model was built for (`max_position_embeddings` or its equivalent), None if unknown.
+
+    Rotary models run past it without an error, on positions they never saw: a silent extrapolation.
+    """
+    for key in _CONTEXT_KEYS:
+        value = getattr(model_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def load_tokenizer(path: str, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """The tokenizer and the model's config (no weights): enough to check lengths and openings before a run."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise SMDAError(f"model '{path}': cannot read its tokenizer or config ({' '.join(str(exc).split())})") from None
+    return tokenizer, config
+
+
+def check_pair_lengths(tokenizer, rows: Iterable[tuple[str, str, str, int]], max_positions: int | None) -> None:
+    """Every pair (prompt, response, source file, line) fits the model's context, or an error names its file and line.
+
+    The field named is `prompt` when the prompt alone is too long, else `response`.
+    """
+    for prompt, response, source, line in rows:
+        try:
+            ids, n_prompt = encode_pair(tokenizer, prompt, response, name=str(source))
+        except InputError as exc:  # the template's own complaints, placed at the pair's line
+            raise InputError(str(exc).split(": ", 1)[-1], path=str(source), line=line, field=exc.field) from None
+        if max_positions is not None and len(ids) > max_positions:
+            field = "prompt" if n_prompt > max_positions else "response"
+            raise InputError(f"prompt + response are {len(ids)} tokens ({n_prompt} in the chat-formatted prompt), more "
+                             f"than the model's context of {max_positions} positions (max_position_embeddings): the "
+                             "model never saw such positions; shorten or split this pair", path=str(source), line=line,
+                             field=field)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from smda_core.model.chat import EncodedPrompt, encode_pair
+from smda_core.model.chat import EncodedPrompt, context_length, encode_pair
 from smda_core.errors import SMDAError
 from smda_core.config import ShiftSettings
 from smda_core.model.measurements import PairShifts
@@ -136,7 +136,8 @@ def measure_pair_shifts(model, tokenizer, sae, setup: ProbeSetup, feature_ids: n
     was_training = m_model.training
     m_model.eval()  # no dropout: the update is deterministic
     base, y0, p0 = _read(m_model, m_sae, setup, feature_ids, settings.batch_size)
-    encoded = [encode_pair(tokenizer, prompt, response, name=f"pair {pid}") for pid, prompt, response in pairs]
+    context = context_length(model.config)
+    encoded = [encode_pair(tokenizer, prompt, response, name=f"pair {pid}", max_tokens=context) for pid, prompt, response in pairs]
     prompt_readout = read_probes(m_model, m_sae, setup.hook_layer, [_prompt_only(tokenizer, p, pid) for pid, p, _ in pairs],
                                  setup.refusal_openings, position=setup.position, batch_size=settings.batch_size,
                                  pad_id=setup.pad_id, feature_ids=feature_ids, progress=False)

@@ -20,7 +20,7 @@ from smda_core.model.measurements import ProbeScores
 from smda_core.policy.design import Standardiser, design_matrix
 from smda_core.policy.selection import Selection, _frozen, _probe_array, select_features
 
-__all__ = ["Policy", "HeldoutSplit", "stratified_split", "best_threshold", "fit_policy_arrays", "fit_policy"]
+__all__ = ["Policy", "HeldoutSplit", "stratified_split", "best_threshold", "fit_policy_arrays", "fit_policy", "fit_warnings"]
 
 
 
@@ -128,6 +128,11 @@ class Policy:
         return self.fit.coef
 
     @property
+    def warnings(self) -> tuple[str, ...]:
+        """What makes this fit doubtful, one sentence each naming the setting to change (:func:`fit_warnings`)."""
+        return fit_warnings(self)
+
+    @property
     def intercept(self) -> float:
         return self.fit.intercept
 
@@ -178,6 +183,11 @@ def fit_policy_arrays(
     category = _probe_array(category, n, "category")
     if not np.all(np.isfinite(yv)):
         raise InputError("behaviour y has NaN or inf values", field="y")
+    if n > 1 and float(np.ptp(yv)) <= 1e-12 * max(1.0, float(np.abs(yv).max())):
+        raise InputError(f"the behaviour is the same on all {n} probes (y = {yv[0]:.6g}): there is nothing for a policy "
+                         "to explain; the model never begins an answer differently with the refusal openings, so check "
+                         "behaviour.refusal_openings (token sequences this model begins a refusal with) and behaviour.kind",
+                         field="behaviour")
 
     sel = select_features(
         probe_index,
@@ -242,6 +252,31 @@ def fit_policy_arrays(
     )
 
 
+
+
+def fit_warnings(policy: Policy) -> tuple[str, ...]:
+    """The fit's warning signs, each one sentence that names the setting to change (empty for a sound fit).
+
+    - k ≥ n: at least as many features as probes; the ridge can reproduce every probe, so R² and the
+      coefficients say little.
+    - λ at an end of the grid leave-one-out searched: the best λ may lie outside it.
+    - held-out accuracy not above the majority baseline (the `beats_majority_baseline` asset check).
+    """
+    out = []
+    if policy.k >= policy.n:
+        out.append(f"k={policy.k} policy features for n={policy.n} probes (k ≥ n): the ridge can fit every probe "
+                   f"exactly, so R² and the coefficients say little; set policy.max_features below {policy.n} "
+                   "or raise policy.contrast_threshold")
+    grid = policy.lam_grid
+    if grid is not None and grid.size > 1 and policy.lam in (grid.min(), grid.max()):
+        end, side = ("smallest", "below") if policy.lam == grid.min() else ("largest", "above")
+        out.append(f"λ={policy.lam:.4g} is the {end} value of the grid leave-one-out searched ({grid.min():.4g} … "
+                   f"{grid.max():.4g}): the best λ may lie {side} it; extend policy.lam_grid")
+    if not policy.accuracy > policy.majority_baseline:
+        out.append(f"held-out refusal accuracy {policy.accuracy:.3f} does not beat the majority baseline "
+                   f"{policy.majority_baseline:.3f}: the policy predicts refusal no better than always guessing the "
+                   "majority; more probes, or another features.position or model.hook_layer, may help")
+    return tuple(out)
 
 
 def fit_policy(probes: ProbeScores, settings: PolicySettings | None = None) -> Policy:

@@ -87,7 +87,8 @@ def _contrast_all(pi: np.ndarray, fi: np.ndarray, act: np.ndarray, harmful: np.n
     n_h = int(harmful.sum())
     n_nh = int(harmful.size - n_h)
     if n_h == 0 or n_nh == 0:
-        raise InputError("contrast needs both harmful and harmless probes", field="harmful")
+        raise InputError(f"all {harmful.size} probes are labelled harmful={bool(n_h)}: the contrast needs both harmful and "
+                         "harmless probes; add probes of the other kind to data.probes", field="harmful")
     on_h = harmful[pi]
     sum_h = np.bincount(fi[on_h], weights=act[on_h], minlength=width)
     sum_nh = np.bincount(fi[~on_h], weights=act[~on_h], minlength=width)
@@ -137,7 +138,13 @@ def select_features(
         if max_features is not None:
             ids = ids[:max_features]
         if ids.size == 0:
-            raise InputError(f"no feature has |harmful − harmless contrast| > {threshold}: lower contrast_threshold", field="contrast_threshold")
+            largest = float(np.abs(contrast).max()) if contrast.size else 0.0
+            if largest <= 1e-12:
+                raise InputError("no SAE feature differs at all between harmful and harmless probes (every contrast is 0): "
+                                 "the features read nothing of the prompts; check features.position, model.hook_layer "
+                                 "and that the SAE was trained on this model's residual stream", field="contrast_threshold")
+            raise InputError(f"no feature has |harmful − harmless contrast| > {threshold} (the largest is {largest:.3g}): "
+                             f"set policy.contrast_threshold below {largest:.3g}", field="contrast_threshold")
         return Selection(_frozen(ids.astype(np.int64)), _frozen(contrast[ids]), "contrast", method)
 
     if method == "correlation":

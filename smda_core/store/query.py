@@ -261,3 +261,14 @@ def row_counts(path: str | Path = DEFAULT_PATH) -> dict[str, int]:
             "SELECT view_name FROM duckdb_views() WHERE schema_name = ? AND starts_with(view_name, 'v_') "
             "ORDER BY view_name", [SCHEMA]).fetchall()]
         return {v: con.execute(f"SELECT count(*) FROM {_table_ref(v)}").fetchone()[0] for v in views}
+
+
+def flat_columns(table: pa.Table) -> pa.Table:
+    """The table with its LIST, STRUCT and MAP columns as JSON text (for CSV, which has no nested cells)."""
+    import json
+
+    for i, f in enumerate(table.schema):
+        if pa.types.is_nested(f.type):
+            cells = [None if v is None else json.dumps(v, default=str, ensure_ascii=False) for v in table[f.name].to_pylist()]
+            table = table.set_column(i, f.name, pa.array(cells, pa.string()))
+    return table

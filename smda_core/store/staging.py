@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smda_core.inputs import batches as batch_rules
-from smda_core.errors import SMDAError
+from smda_core.errors import InputError, SMDAError
+from smda_core.inputs.pairs import check_pair_ids_unique
 from smda_core.hashing import file_sha256
 from smda_core.model.measurements import PairShifts
 from smda_core.store.arrays import load_arrays, save_arrays
@@ -85,13 +86,16 @@ class Stage:
         arrays, meta = load_arrays(self.folder(batch_id) / "shifts.npz", schema="pair_shifts", version=SHIFTS_VERSION)
         return PairShifts.from_arrays(arrays, meta)
 
-    def commit(self, batch_id: str, tables: list[str], *, source_file: str, content_hash: str, n_pairs: int) -> dict:
-        """Write the manifest last: the batch's staged tables are complete and consistent."""
+    def commit(self, batch_id: str, tables: list[str], *, source_file: str, content_hash: str, n_pairs: int,
+               policy_version: str | None = None) -> dict:
+        """Write the manifest last: the batch's staged tables are complete and consistent, computed against
+        the policy `policy_version`."""
         folder = self.folder(batch_id)
         entries = {name: {"file": f"{name}.parquet", "sha256": file_sha256(folder / f"{name}.parquet")} for name in tables}
         stage_id = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
         manifest = {"batch_id": batch_id, "source_file": source_file, "content_hash": content_hash, "n_pairs": n_pairs,
-                    "tables": entries, "stage_id": stage_id, "staged_at": datetime.now(timezone.utc).isoformat()}
+                    "tables": entries, "stage_id": stage_id, "staged_at": datetime.now(timezone.utc).isoformat(),
+                    "policy_version": policy_version}
         tmp = folder / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=1))
         tmp.replace(folder / MANIFEST)
@@ -101,6 +105,9 @@ class Stage:
         path = self.folder(batch_id) / MANIFEST
         return json.loads(path.read_text()) if path.exists() else None
 
+    def has(self, batch_id: str, name: str) -> bool:
+        """Whether a batch's staged file `name` (e.g. ``sft_pairs.parquet``, ``shifts.npz``) exists."""
+        return (self.folder(batch_id) / name).exists()
 
 
 
@@ -110,6 +117,35 @@ class LoadReport:
     unchanged: list[str]
     not_staged: list[str]
     superseded: list[str]
+    refused: dict[str, str] = field(default_factory=dict)  # batch → why it was not loaded (a pair id of another batch)
+
+
+_ACTIVE_PAIRS = ("SELECT p.pair_id, p.batch_id, p.source_file, p.line FROM smda.sft_pairs AS p "
+                 "JOIN smda.sft_batches AS b USING (batch_id) WHERE b.status = 'active' AND b.batch_id <> ? "
+                 "AND b.source_file <> ?")
+
+
+def active_pairs_elsewhere(con: duckdb.DuckDBPyConnection, batch_id: str, source_file: str) -> pa.Table:
+    """pair_id, batch_id, source_file, line of the loaded active batches other than `batch_id` and its file's."""
+    return con.sql(_ACTIVE_PAIRS, params=[batch_id, str(source_file)]).to_arrow_table()
+
+
+def pairs_elsewhere(con: duckdb.DuckDBPyConnection | None, stage: Stage, batch_ids, batch_id: str,
+                    source_file: str) -> pa.Table:
+    """The pairs a new batch's ids must not repeat: those of the loaded active batches (`con`; None before the
+    warehouse exists) and of the staged batches among `batch_ids` not loaded yet, leaving out `batch_id` itself
+    and the batches of its own file (a file's new content supersedes its old batch)."""
+    tables = [active_pairs_elsewhere(con, batch_id, source_file)] if con is not None else []
+    loaded = set(_registry(con)) if con is not None else set()
+    for other in sorted(set(batch_ids) - loaded - {batch_id}):
+        if stage.has(other, "sft_pairs.parquet"):
+            t = stage.read_table(other, "sft_pairs").select(["pair_id", "batch_id", "source_file", "line"])
+            if t.num_rows and t["source_file"][0].as_py() != str(source_file):
+                tables.append(t)
+    if not tables:
+        return pa.table({"pair_id": pa.array([], pa.string()), "batch_id": pa.array([], pa.string()),
+                         "source_file": pa.array([], pa.string()), "line": pa.array([], pa.int64())})
+    return pa.concat_tables([t.cast(tables[0].schema) for t in tables])
 
 
 def _registry(con: duckdb.DuckDBPyConnection) -> dict[str, dict]:
@@ -124,7 +160,7 @@ def load_batches(con: duckdb.DuckDBPyConnection, stage: Stage, batch_ids: list[s
     not rewritten. Batches without a manifest (never completed) are skipped and reported.
     """
     registry = _registry(con)
-    loaded, unchanged, not_staged = [], [], []
+    loaded, unchanged, not_staged, refused = [], [], [], {}
     for batch_id in sorted(batch_ids):
         manifest = stage.manifest(batch_id)
         if manifest is None:
@@ -134,6 +170,12 @@ def load_batches(con: duckdb.DuckDBPyConnection, stage: Stage, batch_ids: list[s
             unchanged.append(batch_id)
             continue
         tables = {name: stage.read_table(batch_id, name) for name in manifest["tables"]}
+        if "sft_pairs" in tables:  # the one writer's check: parallel runs each saw the other's pairs not yet loaded
+            try:
+                check_pair_ids_unique(tables["sft_pairs"], active_pairs_elsewhere(con, batch_id, manifest["source_file"]))
+            except InputError as exc:
+                refused[batch_id] = str(exc)
+                continue
         con.begin()
         try:
             for name, table in tables.items():
@@ -141,7 +183,8 @@ def load_batches(con: duckdb.DuckDBPyConnection, stage: Stage, batch_ids: list[s
             row = {"batch_id": batch_id, "source_file": manifest["source_file"], "content_hash": manifest["content_hash"],
                    "n_pairs": int(manifest["n_pairs"]), "stage_id": manifest["stage_id"],
                    "staged_at": datetime.fromisoformat(manifest["staged_at"]).replace(tzinfo=None),
-                   "loaded_at": datetime.now(timezone.utc).replace(tzinfo=None), "status": "active", "superseded_by": None}
+                   "loaded_at": datetime.now(timezone.utc).replace(tzinfo=None), "status": "active", "superseded_by": None,
+                   "policy_version": manifest.get("policy_version")}
             replace_partition(con, "sft_batches", "batch_id", batch_id, pa.Table.from_pylist([row]), transaction=False)
             con.commit()
         except BaseException:
@@ -149,7 +192,7 @@ def load_batches(con: duckdb.DuckDBPyConnection, stage: Stage, batch_ids: list[s
             raise
         loaded.append(batch_id)
     superseded = mark_statuses(con)
-    return LoadReport(loaded, unchanged, not_staged, superseded)
+    return LoadReport(loaded, unchanged, not_staged, superseded, refused)
 
 
 def mark_statuses(con: duckdb.DuckDBPyConnection) -> list[str]:

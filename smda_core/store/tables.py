@@ -65,8 +65,12 @@ def read_probe_readout(con) -> tuple[ProbeScores, pa.Table, dict]:
 
 
 def policy_tables(policy: Policy, scores, labels: Sequence[FeatureLabel], *, preset: str, model: str, sae: str, hook: str,
-                  position: str, behaviour: str, dtype: str, formula: str) -> dict[str, pa.Table]:
-    """policy_features, policy_fit, feature_labels, probe_contributions and probe_scores (with predictions)."""
+                  position: str, behaviour: str, dtype: str, formula: str, policy_version: str | None = None) -> dict[str, pa.Table]:
+    """policy_features, policy_fit, feature_labels, probe_contributions and probe_scores (with predictions).
+
+    policy_fit records `policy_version` (the policy's data version, which the pair rows computed against it
+    carry) and the fit's warnings (`Policy.warnings`, one per line; NULL when there are none).
+    """
     ids = np.asarray(scores.probe_ids)
     k = policy.k
     mean = policy.standardiser.mean if policy.standardiser is not None else policy.X.mean(0)
@@ -90,6 +94,8 @@ def policy_tables(policy: Policy, scores, labels: Sequence[FeatureLabel], *, pre
         "preset": [preset], "model": [model], "sae": [sae], "hook": [hook], "position": [position],
         "behaviour": [behaviour], "design": [policy.settings.design], "dtype": [dtype], "formula": [formula],
         "fitted_at": pa.array([dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)], pa.timestamp("us")),
+        "policy_version": pa.array([policy_version], pa.string()),
+        "warnings": pa.array(["\n".join(policy.warnings) or None], pa.string()),
     })
     label_table = pa.table({
         "feature_id": pa.array([l.feature_id for l in labels], pa.int32()),
@@ -119,8 +125,11 @@ def _with_batch(table: pa.Table, batch_id: str) -> pa.Table:
 
 
 def pair_tables(batch_id: str, shifts, attr, policy: Policy, probe_ids: Sequence[str], *, delta_x: str = "exact",
-                include_shifts: bool = True) -> dict[str, pa.Table]:
-    """pair_attribution, pair_summary, pair_group_effects, pair_group_shift and (optionally) pair_shifts of one batch."""
+                include_shifts: bool = True, policy_version: str | None = None) -> dict[str, pa.Table]:
+    """pair_attribution, pair_summary, pair_group_effects, pair_group_shift and (optionally) pair_shifts of one batch.
+
+    Every table's rows carry `policy_version`, the version of the policy they were computed against.
+    """
     out = {name: _with_batch(t, batch_id) for name, t in attr.to_arrow().items()}
     summary = out["pair_summary"]
     summary = summary.set_column(summary.schema.get_field_index("intended_features"), "intended_features",
@@ -143,7 +152,8 @@ def pair_tables(batch_id: str, shifts, attr, policy: Policy, probe_ids: Sequence
             "dz": pa.array(dz, pa.float64()),
             "dy": pa.array(shifts.dY[pair_idx, probe_idx], pa.float64()),
         })
-    return out
+    return {name: t.append_column("policy_version", pa.array([policy_version] * t.num_rows, pa.string()))
+            for name, t in out.items()}
 
 
 def check_stored_policy(con, policy: Policy) -> None:
@@ -154,3 +164,11 @@ def check_stored_policy(con, policy: Policy) -> None:
     if set(by_id) != set(ours) or any(abs(by_id[f] - c) > 1e-12 * max(1.0, abs(c)) for f, c in ours.items()):
         raise SMDAError("the stored policy differs from the one the current readout and settings give: "
                         "materialise `policy` again (smda ingest does) before the pair steps")
+
+
+def stored_policy_version(con) -> str | None:
+    """The version of the policy the warehouse shows (`policy_fit.policy_version`; None before one is recorded)."""
+    rows = con.sql("SELECT * FROM smda.policy_fit").to_arrow_table()
+    if rows.num_rows == 0 or "policy_version" not in rows.column_names:
+        return None
+    return rows["policy_version"][0].as_py()

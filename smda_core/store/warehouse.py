@@ -45,7 +45,7 @@ TABLES: dict[str, pa.Schema] = {
     "probes": _schema(("probe_id", _S), ("prompt", _S), ("category", _S), ("harmful", _B), ("refused", _B),
                       ("content_hash", _S), ("probe_index", _I32)),
     "readout_info": _schema(("model", _S), ("sae", _S), ("hook", _S), ("position", _S), ("behaviour", _S), ("dtype", _S),
-                            ("n_probes", _I32)),
+                            ("n_probes", _I32), ("readout_version", _S)),
     "behaviour_scores": _schema(("probe_id", _S), ("behaviour", _F), ("refusal_prob", _F), ("refused", _B),
                                 ("refused_source", _S)),
     "probe_scores": _schema(("probe_id", _S), ("behaviour", _F), ("refusal_prob", _F), ("refused", _B),
@@ -58,26 +58,27 @@ TABLES: dict[str, pa.Schema] = {
     "policy_fit": _schema(("lambda", _F), ("r2", _F), ("loo_r2", _F), ("accuracy", _F), ("majority_baseline", _F),
                           ("intercept", _F), ("threshold", _F), ("n_probes", _I32), ("k", _I32), ("preset", _S),
                           ("model", _S), ("sae", _S), ("hook", _S), ("position", _S), ("behaviour", _S),
-                          ("design", _S), ("dtype", _S), ("formula", _S), ("fitted_at", pa.timestamp("us"))),
+                          ("design", _S), ("dtype", _S), ("formula", _S), ("fitted_at", pa.timestamp("us")),
+                          ("policy_version", _S), ("warnings", _S)),
     "sft_pairs": _schema(("pair_id", _S), ("batch_id", _S), ("prompt", _S), ("response", _S), ("content_hash", _S),
                          ("source_file", _S), ("line", _I64), ("metadata_json", _S)),
     "pair_attribution": _schema(("pair_id", _S), ("batch_id", _S), ("feature_id", _I32), ("method", _S),
                                 ("delta_beta", _F), ("via_x", _F), ("via_y", _F), ("via_xy", _F),
-                                ("contribution", _F)),
+                                ("contribution", _F), ("policy_version", _S)),
     "pair_summary": _schema(("pair_id", _S), ("batch_id", _S), ("alignment", _F), ("alignment_refit", _F),
                             ("alignment_linear", _F), ("correctness_shift", _F), ("dy_harmful", _F),
                             ("dy_harmless", _F), ("active_flips", _I64), ("dominant_feature", _I32),
                             ("dominant_share", _F), ("intended_features", _S), ("interference", _F), ("flagged", _B),
-                            ("seconds", _F), ("method", _S)),
+                            ("seconds", _F), ("method", _S), ("policy_version", _S)),
     "pair_group_effects": _schema(("pair_id", _S), ("batch_id", _S), ("group", _S), ("feature_id", _I32),
-                                  ("activation_part", _F), ("weight_part", _F), ("dy", _F)),
+                                  ("activation_part", _F), ("weight_part", _F), ("dy", _F), ("policy_version", _S)),
     "pair_group_shift": _schema(("pair_id", _S), ("batch_id", _S), ("group", _S), ("n_probes", _I64), ("dy", _F),
-                                ("dp", _F)),
+                                ("dp", _F), ("policy_version", _S)),
     "pair_shifts": _schema(("pair_id", _S), ("batch_id", _S), ("probe_id", _S), ("feature_id", _I32), ("dz", _F),
-                           ("dy", _F)),
+                           ("dy", _F), ("policy_version", _S)),
     "sft_batches": _schema(("batch_id", _S), ("source_file", _S), ("content_hash", _S), ("n_pairs", _I64),
                            ("stage_id", _S), ("staged_at", pa.timestamp("us")), ("loaded_at", pa.timestamp("us")),
-                           ("status", _S), ("superseded_by", _S)),
+                           ("status", _S), ("superseded_by", _S), ("policy_version", _S)),
     "dataset_metadata": _schema(("name", _S), ("source_file", _S), ("key", _S), ("on_column", _S), ("n_rows", _I64),
                                 ("matched", _I64), ("view", _S), ("loaded_at", pa.timestamp("us"))),
     "curation": _schema(("experiment_id", _S), ("rule", _S), ("variant", _S), ("n_pairs", _I64), ("correctness", _F),
@@ -86,7 +87,11 @@ TABLES: dict[str, pa.Schema] = {
     "validation": _schema(("check", _S), ("method", _S), ("score", _S), ("n", _I64), ("spearman", _F), ("detail", _S),
                           ("run_id", _S), ("created_at", pa.timestamp("us"))),
 }
-"""Table name → Arrow schema of the ``smda`` tables. Partitioned tables carry ``batch_id``."""
+"""Table name → Arrow schema of the ``smda`` tables. Partitioned tables carry ``batch_id``.
+
+Every pair table carries ``policy_version``: the data version of the policy its rows were computed
+against (``policy_fit.policy_version`` holds the current one); the pair views show only rows of the
+current policy, so a refit never shows pair rows of features the policy no longer has."""
 
 _DUCK_TYPES = {_S: "VARCHAR", _F: "DOUBLE", _I32: "INTEGER", _I64: "BIGINT", _B: "BOOLEAN",
                pa.timestamp("us"): "TIMESTAMP"}
@@ -112,10 +117,20 @@ def ddl(name: str) -> str:
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create schema ``smda`` and every table of :data:`TABLES` unless they exist (views bind before any data)."""
+    """Create schema ``smda`` and every table of :data:`TABLES` unless they exist (views bind before any data),
+    and add the columns a newer version of :data:`TABLES` has to tables an older one created (NULL in old rows)."""
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-    for name in TABLES:
-        con.execute(ddl(name))
+    have: dict[str, set[str]] = {}
+    for table, column in con.execute("SELECT table_name, column_name FROM duckdb_columns() WHERE schema_name = ?",
+                                     [SCHEMA]).fetchall():
+        have.setdefault(table, set()).add(column.lower())
+    for name, schema in TABLES.items():
+        if name not in have:
+            con.execute(ddl(name))
+            continue
+        for f in schema:
+            if f.name.lower() not in have[name]:
+                con.execute(f"ALTER TABLE {_table_ref(name)} ADD COLUMN {_ident(f.name)} {_DUCK_TYPES[f.type]}")
 
 
 def connect(path: str | Path = DEFAULT_PATH, read_only: bool = False,
@@ -190,8 +205,8 @@ def locked(path: str | Path, *, exclusive: bool, timeout_s: float = LOCK_TIMEOUT
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise SMDAError(f"waited {timeout_s:.0f} s for the warehouse lock {lock}: another process "
-                                    "holds the warehouse; is a run stuck?") from None
+                    raise SMDAError(f"waited {timeout_s:.0f} s for the lock {lock}: another process holds it "
+                                    "(a run, a query or another ingest of this warehouse); is it stuck?") from None
                 time.sleep(0.05)
         _HELD[lock] = 1
         try:
@@ -254,8 +269,9 @@ def _write(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table, where: st
     return table.num_rows
 
 
-def replace_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> int:
-    """Replace every row of ``smda.<name>`` with ``table`` in one transaction.
+def replace_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table, *, transaction: bool = True) -> int:
+    """Replace every row of ``smda.<name>`` with ``table`` in one transaction (or in the caller's, with
+    ``transaction=False``: several tables replaced at once).
 
     Columns are matched by name; table columns missing from ``table`` become NULL, and columns of
     ``table`` the warehouse lacks are added first (``ALTER TABLE ADD COLUMN``: SFT pairs keep every
@@ -265,7 +281,7 @@ def replace_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) ->
     Returns:
         The number of rows written.
     """
-    return _write(con, name, table, None, [])
+    return _write(con, name, table, None, [], transaction)
 
 
 def replace_partition(con: duckdb.DuckDBPyConnection, name: str, key_column: str, key, table: pa.Table, *,

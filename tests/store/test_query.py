@@ -229,6 +229,19 @@ def test_cli_query_writes_the_rows(db, tmp_path, fmt):
         assert pq.read_table(out).to_pylist() == want
 
 
+def test_cli_csv_writes_list_and_struct_columns_as_json(db, tmp_path):
+    """Reproduces: `smda query --format csv` crashed on a LIST column (Arrow's CSV writer has no lists)."""
+    out = tmp_path / "out.csv"
+    result = _cli("query", "SELECT pair_id, [1, 2] AS xs, {'a': pair_id} AS s FROM smda.v_sft_pairs ORDER BY pair_id LIMIT 1",
+                  "--warehouse", str(db), "--format", "csv", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    with out.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows == [{"pair_id": "A-1", "xs": "[1, 2]", "s": '{"a": "A-1"}'}]
+    printed = _cli("query", "SELECT [1, 2] AS xs", "--warehouse", str(db), "--format", "csv")
+    assert printed.exit_code == 0 and printed.output.splitlines()[1] == '"[1, 2]"', printed.output
+
+
 @pytest.mark.parametrize("sql, phrase", [("COPY (SELECT 1) TO '{tmp}/x.csv'", "got COPY"),
                                          ("SELECT * FROM read_csv('/etc/passwd')", "file access is off"),
                                          ("SELECT [1, 2] AS xs; SELECT 2", "got 2 statements")])
