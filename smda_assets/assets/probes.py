@@ -67,7 +67,7 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
     text = formula(policy, labels, cfg.behaviour.kind)
     tables = policy_tables(policy, scores, labels, preset=cfg.preset, model=info["model"], sae=info["sae"],
                            hook=info["hook"], position=info["position"], behaviour=info["behaviour"], dtype=info["dtype"],
-                           formula=text)
+                           formula=text, score_name=cfg.attribution.score)
     smda.write(tables)
     context.log.info(text)
     fit = {"lambda": policy.lam, "r2": policy.r2, "loo_r2": policy.loo_r2, "accuracy": policy.accuracy,

@@ -65,7 +65,7 @@ def read_probe_readout(con) -> tuple[ProbeScores, pa.Table, dict]:
 
 
 def policy_tables(policy: Policy, scores, labels: Sequence[FeatureLabel], *, preset: str, model: str, sae: str, hook: str,
-                  position: str, behaviour: str, dtype: str, formula: str) -> dict[str, pa.Table]:
+                  position: str, behaviour: str, dtype: str, formula: str, score_name: str = "margin_shift") -> dict[str, pa.Table]:
     """policy_features, policy_fit, feature_labels, probe_contributions and probe_scores (with predictions)."""
     ids = np.asarray(scores.probe_ids)
     k = policy.k
@@ -90,6 +90,7 @@ def policy_tables(policy: Policy, scores, labels: Sequence[FeatureLabel], *, pre
         "preset": [preset], "model": [model], "sae": [sae], "hook": [hook], "position": [position],
         "behaviour": [behaviour], "design": [policy.settings.design], "dtype": [dtype], "formula": [formula],
         "fitted_at": pa.array([dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)], pa.timestamp("us")),
+        "score_name": [score_name],
     })
     label_table = pa.table({
         "feature_id": pa.array([l.feature_id for l in labels], pa.int32()),
