@@ -9,7 +9,7 @@ SELECT s.pair_id, s.batch_id, s.score, s.margin_shift, s.local_shift, s.worst_gr
        s.response_refuses, s.seconds, s.method, p.content_hash
 FROM smda.pair_summary AS s
 LEFT JOIN smda.feature_labels AS l ON l.feature_id = s.dominant_feature
-LEFT JOIN (SELECT feature_id, '[' || category || '] ' || prompt AS label FROM smda.v_feature_examples WHERE rank = 1) AS h
+LEFT JOIN (SELECT feature_id, '[' || category || '] ' || marked_text AS label FROM smda.v_feature_examples WHERE rank = 1) AS h
        ON h.feature_id = s.harm_feature
 LEFT JOIN smda.sft_pairs AS p ON p.pair_id = s.pair_id AND p.batch_id IS NOT DISTINCT FROM s.batch_id
 WHERE NOT EXISTS (SELECT 1 FROM smda.sft_batches AS sb WHERE sb.batch_id = s.batch_id AND sb.status = 'superseded');

@@ -4,8 +4,8 @@
 CREATE OR REPLACE VIEW smda.v_pair_mechanism AS
 SELECT m.pair_id, m.batch_id, m.score, m.feature_id,
        coalesce(l.label, CASE WHEN m.feature_id < 0 THEN 'intercept (uniform push)' END,
-                '[' || e.category || '] ' || e.prompt) AS label,
-       m.activation_part, m.weight_part, m.share, m.rank, m.source, e.prompt AS top_probe, e.activation AS top_activation
+                '[' || e.category || '] ' || e.marked_text) AS label,
+       m.activation_part, m.weight_part, m.share, m.rank, m.source, e.marked_text AS top_probe, e.activation AS top_activation
 FROM smda.pair_mechanism AS m
 LEFT JOIN smda.feature_labels AS l ON l.feature_id = m.feature_id
 LEFT JOIN smda.v_feature_examples AS e ON e.feature_id = m.feature_id AND e.rank = 1

@@ -25,6 +25,7 @@ READOUT_INPUTS = ["model_files", "sae_files", "probe_file", "readout_settings"]
 def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     """Load model + SAE, read every probe once: features at the configured position and behaviour."""
     from smda_core.api import load_runtime, measure_probes
+    from smda_core.runtime import feature_examples
     from smda_core.store.tables import probe_tables
 
     cfg = smda.config()
@@ -36,7 +37,7 @@ def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     info = {"model": runtime.sources.model_name, "sae": runtime.sources.sae_name, "hook": runtime.hook_name,
             "position": cfg.features.position, "behaviour": cfg.behaviour.kind, "dtype": cfg.model.dtype}
     tables = probe_tables(runtime.probes, scores, info)
-    smda.write(tables)
+    smda.write({**tables, "feature_examples": feature_examples(runtime, progress=False)})
     for name in ("probes", "features", "behaviour_scores"):
         yield dg.MaterializeResult(asset_key=name, metadata=table_metadata(tables[name]), **version)
 

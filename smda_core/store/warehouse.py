@@ -73,6 +73,8 @@ TABLES: dict[str, pa.Schema] = {
                             ("local_shift", _F), ("worst_group_shift", _F), ("worst_group", _S),
                             ("screen_consistency", _F), ("score", _F), ("interference", _F), ("interference_z", _F),
                             ("flagged", _B), ("harm_feature", _I32), ("effect_fit_r2", _F), ("response_refuses", _B)),
+    "feature_examples": _schema(("feature_id", _I32), ("rank", _I32), ("probe_id", _S), ("activation", _F), ("token", _S),
+                                ("marked_text", _S)),
     "pair_mechanism": _schema(("pair_id", _S), ("batch_id", _S), ("score", _S), ("feature_id", _I32),
                               ("activation_part", _F), ("weight_part", _F), ("share", _F), ("rank", _I32), ("source", _S)),
     "pair_group_effects": _schema(("pair_id", _S), ("batch_id", _S), ("group", _S), ("feature_id", _I32),
