@@ -49,7 +49,7 @@ def main() -> None:
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode, workers, separate in (("in-process", 1, False), ("sequential", 1, True), ("parallel", N_BATCHES, True)):
-            config, home = setup(Path(tmp) / mode, pairs, src["probes"])
+            config, home = setup(Path(tmp) / mode, pairs, src.probes)
             os.environ["DAGSTER_HOME"] = home
             instance = dg.DagsterInstance.get()
             resource = SMDAResource(config_path=config)

@@ -86,7 +86,7 @@ def test_directory_loaders_give_the_same_features_as_in_memory_objects(runtime):
     from smda_core.sources import resolve_sources
 
     src = resolve_sources(runtime.config, progress=False)
-    model_dir, sae_dir = src["model"], src["sae"]["path"]
+    model_dir, sae_dir = src.model, src.sae["path"]
     cfg = LlamaConfig.from_dict(json.load(open(f"{model_dir}/config.json")))
     model = LlamaForCausalLM(cfg)
     state = load_file(f"{model_dir}/model.safetensors")

@@ -195,7 +195,8 @@ def fill(con, seed: int = 0):
     n = len(cats)
     pids = [f"q{i}" for i in range(n)]
     probes = pd.DataFrame({"probe_id": pids, "prompt": [f"prompt {i}" for i in range(n)], "category": cats,
-                           "harmful": harmful, "refused": [None] * n, "content_hash": pids})
+                           "harmful": harmful, "refused": [None] * n, "content_hash": pids,
+                           "probe_index": np.arange(n, dtype=np.int32)})
     scores = pd.DataFrame({"probe_id": pids, "behaviour": rng.normal(size=n), "refusal_prob": rng.uniform(size=n),
                            "refused": rng.uniform(size=n) > 0.5, "refused_source": "model",
                            "predicted": rng.normal(size=n), "heldout": [False] * n})

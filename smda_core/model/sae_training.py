@@ -432,7 +432,7 @@ def train_sae_on_model(model_path: str | Path, rows: list[dict], spec: SAETraini
     report = evaluate_sae(sae, iter([store.eval_chunk()])).as_dict()
     report.update({"architecture": spec.architecture, "hook_name": hook_name, "n_tokens_train": info["n_tokens_train"],
                    "n_tokens_eval": report.pop("n_tokens"), "start_position": info["start_position"],
-                   "input_scale": scale, "steps": spec.steps, "key": key, "spec": spec.model_dump(),
+                   "input_scale": scale, "steps": spec.steps, "key": key, "spec": spec.model_dump(mode="json"),
                    "seconds": {"collect": t_collect - t0, "train": time.perf_counter() - t_collect}})
     tmp = root / f"sae.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
