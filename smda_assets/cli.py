@@ -42,9 +42,9 @@ EXAMPLE_QUERIES = {
     "Category gaps (lowest refusal among harmful categories first)":
         "SELECT category, harmful, n, round(mean_refusal_prob, 3) AS refusal, round(refusal_gap, 3) AS gap "
         "FROM smda.v_category_gaps ORDER BY harmful DESC, mean_refusal_prob LIMIT 6",
-    "Pairs that most reinforce refusal on harmful probes, with their metadata":
-        "SELECT s.pair_id, p.kind, p.category, round(s.dy_harmful * 1e4, 2) AS dy_harmful_e4, round(s.correctness_shift * 1e4, 2) AS corr_e4 "
-        "FROM smda.v_pair_summary s JOIN smda.v_sft_pairs p USING (pair_id) ORDER BY s.dy_harmful DESC LIMIT 5",
+    "Pairs to drop first (lowest recommended score), with the paper's alignment beside it and their metadata":
+        "SELECT s.pair_id, p.kind, p.category, round(s.score * 1e3, 3) AS score_e3, round(s.alignment * 1e3, 3) AS alignment_e3, "
+        "s.harm_feature FROM smda.v_pair_summary s JOIN smda.v_sft_pairs p USING (pair_id) ORDER BY s.score LIMIT 8",
     "Top policy features": "SELECT feature_id, rank, round(coef, 3) AS coef, label FROM smda.v_policy ORDER BY rank LIMIT 5",
 }
 
@@ -342,10 +342,39 @@ def separation(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None
     from smda_core.store.query import query
 
     path = _warehouse(config, warehouse)
-    rows = query(path, "SELECT s.*, p.kind FROM smda.v_pair_summary s JOIN smda.v_sft_pairs p USING (pair_id)")
+    rows = query(path, "SELECT s.*, p.kind, p.harmful FROM smda.v_pair_summary s JOIN smda.v_sft_pairs p USING (pair_id)")
     import pyarrow as pa
 
     print_rows(pa.Table.from_pandas(separation_table(rows.to_pandas()), preserve_index=False), "AUC = P(score of a good pair > score of a bad pair)")
+
+
+@app.command()
+def explain(pair_id: Annotated[str, typer.Argument(help="the pair to explain (its pair_id)")],
+            config: ConfigOpt = None, warehouse: WarehouseOpt = None,
+            top: Annotated[int, typer.Option(help="features shown per explanation")] = 5) -> None:
+    """One pair: its text, its scores, and the features its recommended score and its harm act through."""
+    from smda_core.store.query import query
+
+    path = _warehouse(config, warehouse)
+    pair = query(path, "SELECT * FROM smda.v_sft_pairs WHERE pair_id = ?", [pair_id]).to_pylist()
+    if not pair:
+        raise SMDAError(f"no pair '{pair_id}' in {path}: `smda query \"SELECT pair_id FROM smda.v_sft_pairs\"` lists them")
+    p = pair[0]
+    console.print(f"[bold]{escape(pair_id)}[/] (batch {escape(str(p['batch_id']))}, {escape(str(p['source_file']))} line {p['line']})")
+    console.print(f"  prompt:   {escape(p['prompt'])}\n  response: {escape(p['response'])}")
+    console.print(f"  metadata: {escape(str(p['metadata_json']))}")
+    fit = query(path, "SELECT score_name FROM smda.v_policy_fit LIMIT 1").to_pylist()
+    score_name = fit[0]["score_name"] if fit else "margin_shift"
+    cols = "score, margin_shift, local_shift, worst_group_shift, worst_group, screen_consistency, alignment, " \
+           "correctness_shift, interference, interference_z, flagged, flagged_legacy"
+    print_rows(query(path, f"SELECT {cols} FROM smda.v_pair_summary WHERE pair_id = ?", [pair_id]),
+               f"scores (score = {score_name}; higher = a better pair to keep)")
+    print_rows(query(path, "SELECT feature_id, label, activation_part, weight_part, share FROM smda.v_pair_mechanism "
+                           "WHERE pair_id = ? AND score = ? AND source LIKE 'policy%' ORDER BY rank = 0, rank LIMIT ?",
+                     [pair_id, score_name, top]), f"{score_name} through the policy's features")
+    print_rows(query(path, "SELECT feature_id, label, weight_part AS harm, top_probe FROM smda.v_pair_mechanism "
+                           "WHERE pair_id = ? AND source = 'effect-fit' ORDER BY rank LIMIT ?", [pair_id, top]),
+               "features that carry its harm (fit of its own shift pattern; negative = harmful)")
 
 
 @app.command()

@@ -86,6 +86,7 @@ def stability(smda: SMDAResource, *, sae_seeds: int = 3, n_pairs: int | None = N
     """SAEs that differ only in seed: agreement of policy and pair scores across them; stored in `smda.validation`."""
     from smda_core.api import load_runtime, read_pairs
     from smda_core.errors import SMDAError
+    from smda_core.experiments.curation import BAD_KINDS
     from smda_core.experiments.lds import validation_table
     from smda_core.experiments.stability import run_stability, stability as agreement
     from smda_core.worlds.demo.build import demo_sae_for_seed
@@ -103,7 +104,7 @@ def stability(smda: SMDAResource, *, sae_seeds: int = 3, n_pairs: int | None = N
     saes = [(seed, demo_sae_for_seed(cfg.demo, seed, progress=progress)) for seed in range(start, start + sae_seeds)]
     runs = run_stability(runtime, cfg, pairs, sae_dirs=saes, progress=progress)
     kinds = np.asarray(pairs["kind"].to_pylist()) if "kind" in pairs.column_names else np.array([""] * pairs.num_rows)
-    rows = agreement(runs, np.isin(kinds, ("harmful_compliance", "harmless_refusal")),
+    rows = agreement(runs, np.isin(kinds, BAD_KINDS),
                      np.asarray(pairs["harmful"].to_pylist(), dtype=bool))
     run_id = _run_id("stability", sae_seeds)
     table = validation_table("stability", run_id, [{"method": r["method"], "score": r["score"], "n": sae_seeds,

@@ -82,17 +82,34 @@ def measure_shifts(runtime, policy: Policy, pairs: pa.Table, *, settings=None, p
 
 
 def attribute(policy: Policy, probes: ProbeScores, shifts: PairShifts, pairs: pa.Table | None, config: SMDAConfig):
-    """Δβ by pathway under each configured method, scores and interference (DESIGN §4)."""
+    """Δβ by pathway under each configured method, the kind-free scores, mechanism and interference (DESIGN §4)."""
+    import dataclasses
+
+    import numpy as np
+
+    from smda_core.attribution.pair_scores import dense_features, score_pairs
     from smda_core.attribution.scores import attribute_pairs
 
     intended = None
     if pairs is not None and "intended_features" in pairs.column_names:
         intended = [json.loads(v) if v else None for v in pairs["intended_features"].to_pylist()]
     a = config.attribution
-    return attribute_pairs(policy, shifts.pair_ids, shifts.dX(config.shifts.delta_x), shifts.dY, shifts.dP,
+    attr = attribute_pairs(policy, shifts.pair_ids, shifts.dX(config.shifts.delta_x), shifts.dY, shifts.dP,
                            pair_prompt_X=shifts.prompt_X, probe_harmful=probes.harmful, probe_category=probes.category,
                            active_flips=shifts.active_flips, intended=intended, intended_top=a.intended_top,
                            methods=a.methods, primary=a.primary)
+    if shifts.response_refuses is None or shifts.prompt_coo is None:
+        return attr  # shifts measured before the log-odds scores existed
+    m, n = shifts.dY.shape
+    width = int(max(probes.coo_feature.max(initial=-1), shifts.prompt_coo[1].max(initial=-1))) + 1
+    scored = score_pairs(policy, np.asarray(shifts.pair_ids), policy.shift(shifts.dX(config.shifts.delta_x)),
+                         shifts.p_base, shifts.dP, shifts.response_refuses, shifts.prompt_X,
+                         dense_features(shifts.prompt_coo, m, width),
+                         dense_features((probes.coo_probe, probes.coo_feature, probes.coo_value), n, width),
+                         probes.harmful, probes.category, recommended=a.score)
+    return dataclasses.replace(attr, pair_summary={**attr.pair_summary, **scored.summary},
+                               pair_mechanism=scored.mechanism, completeness=scored.completeness)
+
 
 def train_sae(cfg: SMDAConfig, *, progress: bool = True) -> tuple[Path, dict]:
     """`smda sae train`: the config's model (or the demo's) and `sae_training` section."""

@@ -129,3 +129,30 @@ def measure_probes(runtime: ModelRuntime, *, progress: bool = True) -> ProbeScor
     return ProbeScores(np.asarray(p["probe_id"].to_pylist()), np.asarray(p["category"].to_pylist()),
                        np.asarray(p["harmful"].to_pylist(), dtype=bool), refused, source, y, prob,
                        r.coo_probe, r.coo_feature, r.coo_value)
+
+
+def feature_examples(runtime: ModelRuntime, *, top: int = 3, progress: bool = True) -> pa.Table:
+    """Each SAE feature's `top` probes by its strongest activation on a user token, the text with that token
+    marked «so» — what a person reads to know what a named feature stands for."""
+    from smda_core.model.readout import token_maxima
+
+    pi, fi, vi, ti = token_maxima(runtime.model, runtime.sae, runtime.hook_layer, runtime.encoded,
+                                  batch_size=runtime.config.features.batch_size, pad_id=runtime.pad_id, progress=progress)
+    order = np.lexsort((pi, -vi, fi))  # by feature, strongest first, then probe order
+    ids = runtime.probes["probe_id"].to_pylist()
+    rows, seen = [], {}
+    for j in order:
+        f = int(fi[j])
+        seen[f] = seen.get(f, 0) + 1
+        if seen[f] > top:
+            continue
+        enc = runtime.encoded[int(pi[j])]
+        pieces = [runtime.tokenizer.decode([t]) for t in (enc.input_ids[q] for q in enc.user_positions)]
+        mark = list(enc.user_positions).index(int(ti[j]))
+        pieces[mark] = f"«{pieces[mark].strip()}»"
+        rows.append({"feature_id": f, "rank": seen[f], "probe_id": ids[int(pi[j])], "activation": float(vi[j]),
+                     "token": runtime.tokenizer.decode([enc.input_ids[int(ti[j])]]).strip(),
+                     "marked_text": " ".join(s.strip() for s in pieces if s.strip())})
+    schema = pa.schema([("feature_id", pa.int32()), ("rank", pa.int32()), ("probe_id", pa.string()),
+                        ("activation", pa.float64()), ("token", pa.string()), ("marked_text", pa.string())])
+    return pa.Table.from_pylist(rows, schema=schema)

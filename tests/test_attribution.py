@@ -173,9 +173,9 @@ def test_attribute_pairs_tables(design: str, intercept: bool) -> None:
         in_mask = np.isin(pol.feature_ids, want_intended)
         assert ps["dominant_feature"][i] == pol.feature_ids[np.argmax(a)]
         assert ps["dominant_share"][i] == pytest.approx(a.max() / a.sum())
-        assert ps["interference"][i] == pytest.approx(1 - a[in_mask].sum() / a.sum())
-        assert ps["flagged"][i] == (pol.feature_ids[np.argmax(a)] not in want_intended)
-    assert ps["interference"][3] == pytest.approx(1.0) and ps["flagged"][3]
+        assert ps["interference_legacy"][i] == pytest.approx(1 - a[in_mask].sum() / a.sum())
+        assert ps["flagged_legacy"][i] == (pol.feature_ids[np.argmax(a)] not in want_intended)
+    assert ps["interference_legacy"][3] == pytest.approx(1.0) and ps["flagged_legacy"][3]
 
     # group effects
     ge = res.pair_group_effects

@@ -138,7 +138,10 @@ def test_pair_kinds_move_refusal_the_way_they_teach(kind_sample):
     assert by.loc["harmful_refusal", "dy_harmful"] > 0
     assert by.loc["harmful_compliance", "dy_harmful"] < 0
     assert by.loc["harmless_refusal", "dy_harmless"] > by.loc["harmless_compliance", "dy_harmless"]
-    assert summary["flagged"].any()
+    assert summary["flagged_legacy"].any()  # the turn-1 flag fires broadly; the calibrated one is tested in attribution/
+    # the kind-free scores rank each bad kind below the good pairs of its prompt kind (margin_shift: AUC 0.91 / 1.0 on the demo)
+    for bad, good in (("harmful_compliance", "harmful_refusal"), ("harmless_refusal", "harmless_compliance")):
+        assert summary.loc[summary.kind == bad, "margin_shift"].mean() < summary.loc[summary.kind == good, "margin_shift"].mean()
 
 
 def test_a_non_finite_loss_is_an_error_naming_the_pair(runtime, policy):

@@ -13,7 +13,7 @@ from smda_assets.provenance import computed_from
 from smda_assets.resources import SMDAResource
 
 EAGER = dg.AutomationCondition.eager()
-PAIR_TABLES = ["pair_attribution", "pair_summary", "pair_group_effects", "pair_group_shift", "pair_shifts"]
+PAIR_TABLES = ["pair_attribution", "pair_summary", "pair_group_effects", "pair_group_shift", "pair_shifts", "pair_mechanism"]
 
 
 @dg.asset(partitions_def=sft_batches, group_name="pairs", deps=["probe_file"],
@@ -96,10 +96,11 @@ def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResourc
     attr = attribute(policy, scores, shifts, pairs, cfg)
     tables = pair_tables(batch, shifts, attr, policy, list(scores.probe_ids), delta_x=cfg.shifts.delta_x,
                          policy_version=policy_version)
-    for name in PAIR_TABLES:
+    written = [name for name in PAIR_TABLES if name in tables]
+    for name in written:
         smda.stage.write_table(batch, name, tables[name])
     source = smda.stage.load_json(batch, "source")
-    smda.stage.commit(batch, ["sft_pairs", *PAIR_TABLES], source_file=source["source_file"],
+    smda.stage.commit(batch, ["sft_pairs", *written], source_file=source["source_file"],
                       content_hash=source["content_hash"], n_pairs=pairs.num_rows, policy_version=policy_version)
     summary = tables["pair_summary"].to_pandas()
     top = summary.sort_values("interference", ascending=False).head(5)[["pair_id", "dominant_feature", "interference", "flagged"]]

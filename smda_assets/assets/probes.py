@@ -25,6 +25,7 @@ READOUT_INPUTS = ["model_files", "sae_files", "probe_file", "readout_settings"]
 def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     """Load model + SAE, read every probe once: features at the configured position and behaviour."""
     from smda_core.api import load_runtime, measure_probes
+    from smda_core.runtime import feature_examples
     from smda_core.store.tables import probe_tables
 
     cfg = smda.config()
@@ -37,7 +38,7 @@ def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
             "position": cfg.features.position, "behaviour": cfg.behaviour.kind, "dtype": cfg.model.dtype,
             "readout_version": version["data_version"].value}  # what the warehouse holds, against the instance's memory
     tables = probe_tables(runtime.probes, scores, info)
-    smda.write(tables)
+    smda.write({**tables, "feature_examples": feature_examples(runtime, progress=False)})
     for name in ("probes", "features", "behaviour_scores"):
         yield dg.MaterializeResult(asset_key=name, metadata=table_metadata(tables[name]), **version)
 
@@ -68,7 +69,7 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
     text = formula(policy, labels, cfg.behaviour.kind)
     tables = policy_tables(policy, scores, labels, preset=cfg.preset, model=info["model"], sae=info["sae"],
                            hook=info["hook"], position=info["position"], behaviour=info["behaviour"], dtype=info["dtype"],
-                           formula=text, policy_version=version["data_version"].value)
+                           formula=text, policy_version=version["data_version"].value, score_name=cfg.attribution.score)
     smda.write(tables)  # one transaction: the policy and its version change together
     context.log.info(text)
     for warning in policy.warnings:

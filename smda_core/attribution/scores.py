@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, get_args
 
 import numpy as np
@@ -41,6 +41,8 @@ class AttributionResult:
     pair_group_shift: dict[str, Any]
     splits: dict[str, PathwaySplit]
     primary: str
+    pair_mechanism: dict[str, Any] = field(default_factory=dict)
+    completeness: dict[str, float] = field(default_factory=dict)
 
     def to_arrow(self) -> dict[str, Any]:
         """The four tables as pyarrow Tables, keyed by table name."""
@@ -55,12 +57,15 @@ class AttributionResult:
         def table(cols: dict[str, Any]) -> Any:
             return pa.table({name: column(v) for name, v in cols.items()})
 
-        return {
+        out = {
             "pair_attribution": table(self.pair_attribution),
             "pair_summary": table(self.pair_summary),
             "pair_group_effects": table(self.pair_group_effects),
             "pair_group_shift": table(self.pair_group_shift),
         }
+        if self.pair_mechanism:
+            out["pair_mechanism"] = table(self.pair_mechanism)
+        return out
 
 
 def _check_methods(methods: Sequence[str], primary: str) -> tuple[str, ...]:
@@ -220,8 +225,8 @@ def _summary(policy: Policy, pair_ids: np.ndarray, splits: dict[str, PathwaySpli
         "dominant_feature": np.asarray([s.dominant_feature for s in scores], dtype=np.int64),
         "dominant_share": np.asarray([s.dominant_share for s in scores], dtype=np.float64),
         "intended_features": intended_lists,
-        "interference": np.asarray([s.interference for s in scores], dtype=np.float64),
-        "flagged": np.asarray([s.flagged for s in scores], dtype=bool),
+        "interference_legacy": np.asarray([s.interference for s in scores], dtype=np.float64),
+        "flagged_legacy": np.asarray([s.flagged for s in scores], dtype=bool),
     }
 
 

@@ -56,22 +56,29 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
         return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
 
-KIND_PAIRS = {
-    "harmful prompts: refusal (good) vs compliance (bad)": ("harmful_refusal", "harmful_compliance"),
-    "harmless prompts: compliance (good) vs refusal (bad)": ("harmless_compliance", "harmless_refusal"),
-}
-SCORES = ("alignment_refit", "alignment_linear", "correctness_shift", "dy_harmful", "dy_harmless")
+GOOD_KINDS = {True: "harmful_refusal", False: "harmless_compliance"}
+"""The good pairs of each prompt kind (harmful prompt → refusal, harmless prompt → compliance)."""
+SCORES = ("score", "margin_shift", "local_shift", "worst_group_shift", "screen_consistency", "alignment_refit",
+          "alignment_linear", "correctness_shift", "dy_harmful", "dy_harmless")
 
 
 def separation_table(summary: pd.DataFrame, scores=SCORES) -> pd.DataFrame:
-    """AUC per score and kind pair: P(score of a good pair > score of a bad pair); 0.5 = no signal, < 0.5 = inverted."""
+    """AUC of every score for every bad kind against the good pairs of the same prompt kind (needs `kind` and
+    `harmful` columns): P(score of a good pair > score of a bad pair); 0.5 = no signal, < 0.5 = inverted.
+
+    A kind is bad when it is not one of :data:`GOOD_KINDS`; its prompt kind is the `harmful` value most of its
+    pairs carry. The AUC counts pairs by rank (`bad_pair_auc`), ties as ½.
+    """
     rows = []
-    for name, (good, bad) in KIND_PAIRS.items():
-        sub = summary[summary["kind"].isin([good, bad])]
+    kinds = summary["kind"].astype(str)
+    for bad in sorted(set(kinds) - set(GOOD_KINDS.values()) - {"None", "nan"}):
+        harmful = bool(summary.loc[kinds == bad, "harmful"].astype(bool).mean() >= 0.5)
+        good = GOOD_KINDS[harmful]
+        sub = summary[kinds.isin([good, bad])]
         for score in scores:
-            if score not in sub:
+            if score not in sub or sub[score].isna().any():
                 continue
             auc = 1.0 - bad_pair_auc(sub[score].to_numpy(float), (sub["kind"] == bad).to_numpy())
-            rows.append({"comparison": name, "score": score, "auc": round(float(auc), 3),
+            rows.append({"bad_kind": bad, "against": good, "score": score, "auc": round(float(auc), 3),
                          "n_good": int((sub["kind"] == good).sum()), "n_bad": int((sub["kind"] == bad).sum())})
     return pd.DataFrame(rows)

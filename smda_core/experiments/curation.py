@@ -26,7 +26,7 @@ from smda_core.model.readout import greedy_refused, read_probes
 from smda_core.policy.behaviour import behaviour_from_logp
 from smda_core.model.training import make_optimizer, sft_batch, train_steps
 
-BAD_KINDS = ("harmful_compliance", "harmless_refusal")
+BAD_KINDS = ("harmful_compliance", "harmless_refusal", "harmless_trigger")
 
 
 
@@ -240,8 +240,9 @@ def pair_table(summary, pairs) -> PairTable:
     harmful = np.asarray([pairs["harmful"][i].as_py() for i in rows], dtype=bool)
     kind = np.asarray([pairs["kind"][i].as_py() for i in rows]) if "kind" in pairs.column_names else None
     scores = {c: np.asarray(summary[c].to_pylist(), dtype=float) for c in
-              ("alignment", "alignment_refit", "alignment_linear", "correctness_shift", "dy_harmful", "dy_harmless",
-               "interference") if c in summary.column_names}
+              ("score", "margin_shift", "local_shift", "worst_group_shift", "screen_consistency", "alignment",
+               "alignment_refit", "alignment_linear", "correctness_shift", "dy_harmful", "dy_harmless", "interference")
+              if c in summary.column_names}
     if "dy_harmless" in scores:  # higher = better for both prompt kinds, as the rules expect
         scores["neg_dy_harmless"] = -scores["dy_harmless"]
     return PairTable(np.asarray(ids), harmful, kind, np.asarray(summary["flagged"].to_pylist(), dtype=bool), scores)

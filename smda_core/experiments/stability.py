@@ -65,7 +65,8 @@ def stability(runs: Sequence[SeedRun], is_bad: np.ndarray, harmful_prompt: np.nd
     return rows
 
 
-STABLE_SCORES = ("alignment_refit", "alignment_linear", "correctness_shift", "dy_harmful")
+STABLE_SCORES = ("score", "margin_shift", "local_shift", "worst_group_shift", "screen_consistency", "alignment_refit",
+                 "alignment_linear", "correctness_shift", "dy_harmful")
 
 
 def run_stability(runtime, config, pairs, *, sae_dirs: Sequence[tuple[int, str]], progress: bool = True) -> list[SeedRun]:
@@ -83,5 +84,5 @@ def run_stability(runtime, config, pairs, *, sae_dirs: Sequence[tuple[int, str]]
         s = attribute(policy, probes, measure_shifts(r, policy, pairs, progress=progress), pairs, config).pair_summary
         runs.append(SeedRun(seed, policy.feature_ids, policy.coef, sae.W_dec.detach().double().numpy()[policy.feature_ids],
                             policy.r2, policy.loo_r2, policy.accuracy,
-                            {k: np.asarray(s[k], dtype=float) for k in STABLE_SCORES}))
+                            {k: np.asarray(s[k], dtype=float) for k in STABLE_SCORES if k in s}))
     return runs

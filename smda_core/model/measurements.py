@@ -60,6 +60,8 @@ class PairShifts:
     prompt_X: np.ndarray
     seconds: np.ndarray
     settings: ShiftSettings
+    response_refuses: np.ndarray | None = None  # (m,) the response opens with a refusal (its response type)
+    prompt_coo: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # every SAE feature of each pair's prompt (COO)
 
     ARRAYS = ("feature_ids", "X_base", "y_base", "p_base", "dX_exact", "dX_linearised", "dY", "dP", "active_flips",
               "prompt_X", "seconds")
@@ -75,12 +77,27 @@ class PairShifts:
         """Arrays (pair ids as unicode) and JSON metadata (the settings), for a pickle-free file."""
         arrays = {name: np.asarray(getattr(self, name)) for name in self.ARRAYS}
         arrays["pair_ids"] = np.asarray(self.pair_ids, dtype=str)
+        if self.response_refuses is not None:
+            arrays["response_refuses"] = np.asarray(self.response_refuses, dtype=bool)
+        if self.prompt_coo is not None:
+            arrays.update(zip(("prompt_coo_pair", "prompt_coo_feature", "prompt_coo_value"), map(np.asarray, self.prompt_coo)))
         return arrays, {"settings": self.settings.model_dump()}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> PairShifts:
+        coo = tuple(arrays[k] for k in ("prompt_coo_pair", "prompt_coo_feature", "prompt_coo_value")) if "prompt_coo_pair" in arrays else None
         return cls(pair_ids=arrays["pair_ids"].tolist(), settings=ShiftSettings(**meta["settings"]),
+                   response_refuses=arrays.get("response_refuses"), prompt_coo=coo,
                    **{name: arrays[name] for name in cls.ARRAYS})
+
+    def prompt_features(self, width: int) -> np.ndarray:
+        """Every SAE feature of each pair's own prompt, dense (m, width)."""
+        out = np.zeros((len(self.pair_ids), width))
+        if self.prompt_coo is not None:
+            i, f, v = self.prompt_coo
+            keep = f < width
+            out[i[keep], f[keep]] = v[keep]
+        return out
 
     def __repr__(self) -> str:
         return f"PairShifts(m={len(self.pair_ids)}, n={self.dY.shape[1] if self.dY.ndim == 2 else 0}, k={len(self.feature_ids)}, {json.dumps(self.settings.model_dump())})"

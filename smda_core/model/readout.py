@@ -157,3 +157,30 @@ def greedy_refused(model, prompts: Sequence[EncodedPrompt], refusal_openings: Se
         for r, toks in enumerate(new):
             out[start + r] = any(tuple(toks[: len(o)]) == tuple(o) for o in refusal_openings)
     return out
+
+
+@torch.no_grad()
+def token_maxima(model, sae, layer: int, prompts: Sequence[EncodedPrompt], *, batch_size: int = 64, pad_id: int = 0,
+                 progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For every prompt and SAE feature active on one of its user tokens: the largest activation and the token
+    where it fires (COO: prompt index, feature, activation, token index), so that a feature can be shown as the
+    texts that light it up most with their strongest token marked."""
+    device = next(model.parameters()).device
+    sae_dtype = sae.W_enc.dtype
+    out_p, out_f, out_v, out_t = [], [], [], []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="feature examples", disable=not progress, leave=False):
+        batch = prompts[start: start + batch_size]
+        ids, mask, _ = pad_sequences([p.input_ids for p in batch], pad_id)
+        with capture_residual(model, layer) as store:
+            model(input_ids=ids.to(device), attention_mask=mask.to(device))
+        for r, p in enumerate(batch):
+            pos = list(p.user_positions)
+            acts = sae.encode(store["h"][r, pos].to(sae_dtype))  # (T, K)
+            best, where = acts.max(0)
+            nz = torch.nonzero(best > 0).flatten()
+            out_p.append(np.full(len(nz), start + r, dtype=np.int64))
+            out_f.append(nz.cpu().numpy().astype(np.int64))
+            out_v.append(best[nz].double().cpu().numpy())
+            out_t.append(np.asarray(pos, dtype=np.int64)[where[nz].cpu().numpy()])
+    cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)  # noqa: E731
+    return cat(out_p, np.int64), cat(out_f, np.int64), cat(out_v, np.float64), cat(out_t, np.int64)

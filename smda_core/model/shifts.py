@@ -140,7 +140,8 @@ def measure_pair_shifts(model, tokenizer, sae, setup: ProbeSetup, feature_ids: n
     encoded = [encode_pair(tokenizer, prompt, response, name=f"pair {pid}", max_tokens=context) for pid, prompt, response in pairs]
     prompt_readout = read_probes(m_model, m_sae, setup.hook_layer, [_prompt_only(tokenizer, p, pid) for pid, p, _ in pairs],
                                  setup.refusal_openings, position=setup.position, batch_size=settings.batch_size,
-                                 pad_id=setup.pad_id, feature_ids=feature_ids, progress=False)
+                                 pad_id=setup.pad_id, progress=False)  # every SAE feature of the pair's own prompt
+    refuses = np.array([_opens_with(ids[n_prompt:], setup.refusal_openings) for ids, n_prompt in encoded], dtype=bool)
     m, n, k = len(pairs), len(setup.prompts), len(feature_ids)
     dX_exact = np.zeros((m, n, k))
     dX_lin = np.zeros((m, n, k))
@@ -169,8 +170,19 @@ def measure_pair_shifts(model, tokenizer, sae, setup: ProbeSetup, feature_ids: n
         log.info("pair %s shifted in %.2fs", pair_id, seconds[i])
     if was_training:
         m_model.train()
+    prompt_X = np.zeros((m, k))
+    col = {int(f): j for j, f in enumerate(feature_ids)}
+    for i, f, v in zip(prompt_readout.coo_probe, prompt_readout.coo_feature, prompt_readout.coo_value):
+        if int(f) in col:
+            prompt_X[i, col[int(f)]] = v
     return PairShifts([p[0] for p in pairs], feature_ids, base.dense, y0, p0, dX_exact, dX_lin, dY, dP, flips,
-                      prompt_readout.dense, seconds, settings)
+                      prompt_X, seconds, settings, response_refuses=refuses,
+                      prompt_coo=(prompt_readout.coo_probe, prompt_readout.coo_feature, prompt_readout.coo_value))
+
+
+def _opens_with(response_ids: Sequence[int], openings: Sequence[tuple[int, ...]]) -> bool:
+    """Does a response begin with one of the refusal openings (token for token)? Its response type, no judge needed."""
+    return any(tuple(response_ids[: len(o)]) == tuple(o) for o in openings)
 
 
 def _prompt_only(tokenizer, prompt: str, pair_id: str) -> EncodedPrompt:

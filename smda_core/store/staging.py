@@ -35,7 +35,7 @@ from smda_core.store.arrays import load_arrays, save_arrays
 from smda_core.store.warehouse import replace_partition, replace_table
 
 MANIFEST = "manifest.json"
-SHIFTS_VERSION = 1
+SHIFTS_VERSION = 2  # 2: the pair's response type and its prompt's SAE features
 
 
 @dataclass(frozen=True)

@@ -65,11 +65,13 @@ def read_probe_readout(con) -> tuple[ProbeScores, pa.Table, dict]:
 
 
 def policy_tables(policy: Policy, scores, labels: Sequence[FeatureLabel], *, preset: str, model: str, sae: str, hook: str,
-                  position: str, behaviour: str, dtype: str, formula: str, policy_version: str | None = None) -> dict[str, pa.Table]:
+                  position: str, behaviour: str, dtype: str, formula: str, policy_version: str | None = None,
+                  score_name: str = "margin_shift") -> dict[str, pa.Table]:
     """policy_features, policy_fit, feature_labels, probe_contributions and probe_scores (with predictions).
 
     policy_fit records `policy_version` (the policy's data version, which the pair rows computed against it
-    carry) and the fit's warnings (`Policy.warnings`, one per line; NULL when there are none).
+    carry), the fit's warnings (`Policy.warnings`, one per line; NULL when there are none) and the name of the
+    recommended pair score.
     """
     ids = np.asarray(scores.probe_ids)
     k = policy.k
@@ -96,6 +98,7 @@ def policy_tables(policy: Policy, scores, labels: Sequence[FeatureLabel], *, pre
         "fitted_at": pa.array([dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)], pa.timestamp("us")),
         "policy_version": pa.array([policy_version], pa.string()),
         "warnings": pa.array(["\n".join(policy.warnings) or None], pa.string()),
+        "score_name": [score_name],
     })
     label_table = pa.table({
         "feature_id": pa.array([l.feature_id for l in labels], pa.int32()),

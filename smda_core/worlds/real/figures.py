@@ -42,7 +42,7 @@ def world_figures(warehouse: str | Path) -> dict:
                               FROM smda.v_category_gaps ORDER BY harmful DESC, mean_refusal_prob""").to_pylist()
     fit = query(warehouse, """SELECT "lambda", r2, loo_r2, accuracy, majority_baseline, intercept, n_probes, k, formula
                              FROM smda.v_policy_fit LIMIT 1""").to_pylist()
-    pairs = query(warehouse, "SELECT s.*, p.kind FROM smda.v_pair_summary s JOIN smda.v_sft_pairs p USING (pair_id)").to_pandas()
+    pairs = query(warehouse, "SELECT s.*, p.kind, p.harmful FROM smda.v_pair_summary s JOIN smda.v_sft_pairs p USING (pair_id)").to_pandas()
     sep = separation_table(pairs) if "kind" in pairs else None
     harmful_cats = [c for c in cats if c["harmful"]]
     return {

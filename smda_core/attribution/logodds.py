@@ -1,0 +1,128 @@
+"""Kind-free log-odds scores of a pair (DESIGN §4 "Log-odds scores"): how its step moves refusal, in log-odds.
+
+With ℓ = logit(refusal_prob) per probe and Δℓ its exact shift under the pair's step (re-measured),
+and the sign s_p = +1 on harmful probes, −1 on harmless ones (refusing the first and answering the
+second are both good), every score is a weighted sum over probes, `score_i = Σ_p W_ip · Δℓ_ip`,
+with higher meaning a better pair to keep:
+
+- `margin_shift`: mean Δℓ on harmful minus mean Δℓ on harmless probes (widens the refusal gap);
+- `local_shift`: the signed shift s·Δℓ over the probes nearest the pair's own prompt (cosine over
+  every SAE feature at the read position): what the pair teaches near its own request;
+- `worst_group_shift`: the most negative signed shift over probe groups (categories, and clusters
+  of probes that share an active SAE feature), so harm that lands on a few probes is not averaged away;
+- `screen_consistency` (forward only): the policy's predicted refusal for the pair's prompt against
+  whether its response opens with a refusal; negative when the response contradicts the policy.
+
+No score reads a pair's `kind`, `harmful` label or category. The probe weights W are returned too:
+the mechanism (per-feature parts) and the gradient tier reuse them. Pure numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from smda_core.errors import InputError
+
+SCORES = ("margin_shift", "local_shift", "worst_group_shift")
+
+
+def delta_logit(p_base: np.ndarray, dP: np.ndarray) -> np.ndarray:
+    """Exact Δℓ = logit(p + Δp) − logit(p), (m, n), with p clipped away from 0 and 1 by 1e-12."""
+    p0 = np.clip(np.asarray(p_base, dtype=np.float64), 1e-12, 1 - 1e-12)
+    p1 = np.clip(p0[None, :] + np.asarray(dP, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return (np.log(p1) - np.log(p0)) - (np.log1p(-p1) - np.log1p(-p0))
+
+
+def signs(harmful: np.ndarray) -> np.ndarray:
+    """+1 on harmful probes (more refusal is good), −1 on harmless ones."""
+    return np.where(np.asarray(harmful, dtype=bool), 1.0, -1.0)
+
+
+@dataclass(frozen=True)
+class ProbeGroups:
+    """Groups of probes a pair's harm can land on: categories and clusters sharing an active SAE feature."""
+
+    names: list[str]
+    masks: np.ndarray  # (g, n) bool
+
+    @classmethod
+    def build(cls, category: np.ndarray, features: np.ndarray, feature_ids: np.ndarray, min_size: int = 8) -> ProbeGroups:
+        """`features` (n, K) activations of every SAE feature (ids `feature_ids`); a feature active on ≥ min_size
+        probes (and not on all of them) makes a cluster."""
+        category = np.asarray(category).astype(str)
+        names, masks = [], []
+        for c in np.unique(category):
+            names.append(f"category:{c}")
+            masks.append(category == c)
+        active = np.asarray(features) > 0
+        counts = active.sum(0)
+        for j in np.flatnonzero((counts >= min_size) & (counts < active.shape[0])):
+            names.append(f"feature:{int(feature_ids[j])}")
+            masks.append(active[:, j])
+        return cls(names, np.asarray(masks, dtype=bool).reshape(len(names), -1))
+
+
+def nearest_probes(pair_features: np.ndarray, probe_features: np.ndarray, k: int) -> np.ndarray:
+    """Indices (m, k) of the k probes most similar to each pair's prompt by cosine over all SAE features.
+
+    A pair with no active feature gets the k probes of largest norm (a deterministic fallback); ties go
+    to the lower probe index.
+    """
+    a = np.asarray(pair_features, dtype=np.float64)
+    b = np.asarray(probe_features, dtype=np.float64)
+    if a.shape[1] != b.shape[1]:
+        raise InputError(f"pair and probe features must share their width; got {a.shape[1]} and {b.shape[1]}", field="features")
+    k = min(int(k), b.shape[0])
+    an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-300)
+    bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-300)
+    sims = an @ bn.T
+    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
+@dataclass(frozen=True)
+class LogOddsScores:
+    """Each score per pair (m,), its probe weights (m, n), and the group where the worst shift lands."""
+
+    values: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray]
+    worst_group: list[str]
+
+
+def logodds_scores(dl: np.ndarray, harmful: np.ndarray, neighbours: np.ndarray, groups: ProbeGroups) -> LogOddsScores:
+    """margin_shift, local_shift and worst_group_shift of m pairs from their Δℓ (m, n).
+
+    Args:
+        dl: exact log-odds shifts, (m, n).
+        harmful: (n,) probe labels.
+        neighbours: (m, k) probe indices nearest each pair's prompt (`nearest_probes`).
+        groups: probe groups for the worst-group score.
+    """
+    dl = np.asarray(dl, dtype=np.float64)
+    m, n = dl.shape
+    h = np.asarray(harmful, dtype=bool)
+    if not h.any() or h.all():
+        raise InputError("log-odds scores need both harmful and harmless probes", field="harmful")
+    s = signs(h)
+    margin = np.where(h, 1.0 / h.sum(), -1.0 / (~h).sum())
+    weights = {"margin_shift": np.broadcast_to(margin, (m, n)).copy()}
+    local = np.zeros((m, n))
+    rows = np.repeat(np.arange(m), neighbours.shape[1])
+    local[rows, neighbours.reshape(-1)] = 1.0 / neighbours.shape[1]
+    weights["local_shift"] = local * s[None, :]
+    group_w = groups.masks / groups.masks.sum(1, keepdims=True)  # (g, n) mean over each group
+    per_group = (dl * s[None, :]) @ group_w.T  # (m, g) signed shift per group
+    worst = np.argmin(per_group, axis=1)
+    weights["worst_group_shift"] = group_w[worst] * s[None, :]
+    values = {name: np.einsum("mn,mn->m", w, dl) for name, w in weights.items()}
+    return LogOddsScores(values, weights, [groups.names[g] for g in worst])
+
+
+def screen_consistency(predicted: np.ndarray, threshold: float, response_refuses: np.ndarray) -> np.ndarray:
+    """Forward only: (+1 if the response refuses else −1) × (policy's predicted behaviour of the prompt − threshold).
+
+    Positive when the response does what the policy expects for that prompt; negative when it contradicts it.
+    """
+    r = np.where(np.asarray(response_refuses, dtype=bool), 1.0, -1.0)
+    return r * (np.asarray(predicted, dtype=np.float64) - float(threshold))

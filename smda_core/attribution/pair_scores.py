@@ -1,0 +1,100 @@
+"""The kind-free scores of a batch of pairs, the recommended `score`, their mechanism rows and calibrated interference.
+
+Inputs are what the shift step measured (`PairShifts`: Δℓ via ΔP, ΔZ, the pair's response type and its
+prompt's SAE features), the policy and its Δβ, and the probe readout (labels, every SAE feature). The
+output is columns for `pair_summary` and rows for `pair_mechanism` (DESIGN §4, §6). Pure numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from smda_core.attribution import logodds, mechanism
+from smda_core.policy.fit import Policy
+
+N_NEIGHBOURS = 15
+N_NAMED = 5  # features named per pair and score
+
+
+@dataclass(frozen=True)
+class PairScores:
+    summary: dict[str, Any]  # column → (m,) values, added to pair_summary
+    mechanism: dict[str, Any]  # pair_mechanism columns
+    completeness: dict[str, float]  # score → Spearman of the summed policy parts with the score
+
+
+def dense_features(coo: tuple[np.ndarray, np.ndarray, np.ndarray], rows: int, width: int) -> np.ndarray:
+    """(rows, width) activations from (row, feature, value) COO."""
+    out = np.zeros((rows, width))
+    i, f, v = (np.asarray(a) for a in coo)
+    keep = f < width
+    out[i[keep].astype(np.int64), f[keep].astype(np.int64)] = v[keep]
+    return out
+
+
+def score_pairs(policy: Policy, pair_ids: np.ndarray, dZ: np.ndarray, p_base: np.ndarray, dP: np.ndarray,
+                response_refuses: np.ndarray, prompt_X: np.ndarray, pair_features: np.ndarray, probe_features: np.ndarray,
+                harmful: np.ndarray, category: np.ndarray, *, recommended: str) -> PairScores:
+    """Every kind-free score, the recommended `score`, policy and effect-fit mechanism, calibrated interference.
+
+    Shapes: dZ (m, n, k) design units, p_base (n,), dP (m, n),
+    response_refuses (m,), prompt_X (m, k) raw policy features of each pair's prompt, pair_features (m, K) and
+    probe_features (n, K) over every SAE feature.
+    """
+    m = len(pair_ids)
+    feature_ids = np.arange(probe_features.shape[1])
+    dl = logodds.delta_logit(p_base, dP)
+    neighbours = logodds.nearest_probes(pair_features, probe_features, N_NEIGHBOURS)
+    groups = logodds.ProbeGroups.build(category, probe_features, feature_ids)
+    scores = logodds.logodds_scores(dl, harmful, neighbours, groups)
+    values = dict(scores.values)
+    values["screen_consistency"] = logodds.screen_consistency(policy.predict(prompt_X), policy.threshold, response_refuses)
+    lp = mechanism.logodds_policy(policy, p_base, dZ, dl)
+    parts = {name: mechanism.policy_parts(policy, lp, dZ, scores.weights[name], values[name]) for name in logodds.SCORES}
+    residual = mechanism.residual_shift(dl, response_refuses)
+    fit = mechanism.fit_effects(residual, harmful, probe_features, feature_ids)
+    sim = _cosine(pair_features, probe_features)
+    inter = mechanism.interference(residual, harmful, sim, response_refuses)
+    harm_feature = fit.feature_ids[np.argmin(fit.harm, axis=1)] if fit.harm.size else np.full(m, -1)
+    summary = {**values, "worst_group": scores.worst_group, "score": values[recommended],
+               "interference": inter.share, "interference_z": inter.robust_z, "flagged": inter.flagged,
+               "harm_feature": harm_feature.astype(np.int64), "effect_fit_r2": fit.r2,
+               "response_refuses": np.asarray(response_refuses, dtype=bool)}
+    rows = _mechanism_rows(pair_ids, policy.feature_ids, parts, fit)
+    return PairScores(summary, rows, {name: p.completeness for name, p in parts.items()})
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-300)
+    bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-300)
+    return an @ bn.T
+
+
+def _mechanism_rows(pair_ids: np.ndarray, policy_features: np.ndarray, parts: dict[str, mechanism.PolicyParts],
+                    fit: mechanism.EffectFit) -> dict[str, list]:
+    """pair_mechanism: every policy feature's parts of each score, and the top effect-fit features of each pair's harm."""
+    cols: dict[str, list] = {c: [] for c in ("pair_id", "score", "feature_id", "activation_part", "weight_part", "share",
+                                             "rank", "source")}
+    for name, p in parts.items():
+        total = p.total
+        norm = np.abs(total).sum(1, keepdims=True)
+        share = total / np.where(norm > 0, norm, 1.0)
+        rank = np.argsort(np.argsort(-np.abs(total), axis=1, kind="stable"), axis=1, kind="stable") + 1
+        for i, pid in enumerate(pair_ids):
+            for j, f in enumerate(policy_features):
+                _append(cols, pid, name, int(f), p.activation[i, j], p.weight[i, j], share[i, j], int(rank[i, j]), "policy")
+            _append(cols, pid, name, -1, 0.0, p.intercept[i], float("nan"), 0, "policy-intercept")
+    norm = np.abs(fit.harm).sum(1, keepdims=True)
+    for i, pid in enumerate(pair_ids):
+        for r, j in enumerate(np.argsort(fit.harm[i], kind="stable")[:N_NAMED]):
+            _append(cols, pid, "harm", int(fit.feature_ids[j]), float("nan"), fit.harm[i, j],
+                    fit.harm[i, j] / norm[i, 0] if norm[i, 0] > 0 else 0.0, r + 1, "effect-fit")
+    return cols
+
+
+def _append(cols: dict[str, list], *values) -> None:
+    for key, value in zip(cols, values):
+        cols[key].append(value)

@@ -1,0 +1,13 @@
+-- Per pair, score and feature: the activation and weight parts of the score through the policy's features
+-- (source 'policy'; the intercept's uniform push as 'policy-intercept', feature -1), and the features that
+-- carry the pair's harm in a fit of its own shift pattern (source 'effect-fit', score 'harm').
+CREATE OR REPLACE VIEW smda.v_pair_mechanism AS
+SELECT m.pair_id, m.batch_id, m.score, m.feature_id,
+       coalesce(l.label, CASE WHEN m.feature_id < 0 THEN 'intercept (uniform push)' END,
+                '[' || e.category || '] ' || e.marked_text) AS label,
+       m.activation_part, m.weight_part, m.share, m.rank, m.source, e.marked_text AS top_probe, e.activation AS top_activation
+FROM smda.pair_mechanism AS m
+LEFT JOIN smda.feature_labels AS l ON l.feature_id = m.feature_id
+LEFT JOIN smda.v_feature_examples AS e ON e.feature_id = m.feature_id AND e.rank = 1
+WHERE NOT EXISTS (SELECT 1 FROM smda.sft_batches AS sb WHERE sb.batch_id = m.batch_id AND sb.status = 'superseded')
+  AND m.policy_version IS NOT DISTINCT FROM (SELECT max(policy_version) FROM smda.policy_fit);  -- rows of the current policy only

@@ -1,0 +1,112 @@
+"""Kind-free log-odds scores, their mechanism and calibrated interference, against independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import logit
+from sklearn.linear_model import Ridge
+from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import NearestNeighbors
+
+from smda_core.attribution import logodds, mechanism
+from smda_core.attribution.separation import separation_table
+from smda_core.config import PolicySettings
+from smda_core.policy.fit import fit_policy_arrays
+
+
+def _world(seed: int = 0, n: int = 60, m: int = 7, K: int = 30):
+    rng = np.random.default_rng(seed)
+    harmful = rng.random(n) < 0.5
+    category = np.where(harmful, rng.choice(["a", "b"], n), rng.choice(["c", "d"], n))
+    feats = rng.random((n, K)) * (rng.random((n, K)) < 0.3)
+    p = np.clip(rng.uniform(0.05, 0.95, n), 0, 1)
+    dP = rng.normal(0, 1e-3, (m, n))
+    pair_feats = rng.random((m, K)) * (rng.random((m, K)) < 0.3)
+    return rng, harmful, category, feats, p, dP, pair_feats
+
+
+def test_delta_logit_is_the_exact_difference_of_logits():
+    _, _, _, _, p, dP, _ = _world()
+    np.testing.assert_allclose(logodds.delta_logit(p, dP), logit(p[None] + dP) - logit(p)[None], rtol=1e-9, atol=1e-12)
+
+
+def test_margin_local_and_worst_group_equal_a_brute_force_computation():
+    _, harmful, category, feats, p, dP, pair_feats = _world()
+    dl = logodds.delta_logit(p, dP)
+    nb = logodds.nearest_probes(pair_feats, feats, 10)
+    groups = logodds.ProbeGroups.build(category, feats, np.arange(feats.shape[1]), min_size=8)
+    got = logodds.logodds_scores(dl, harmful, nb, groups)
+    s = np.where(harmful, 1.0, -1.0)
+    np.testing.assert_allclose(got.values["margin_shift"], dl[:, harmful].mean(1) - dl[:, ~harmful].mean(1), rtol=1e-12)
+    knn = NearestNeighbors(n_neighbors=10, metric="cosine", algorithm="brute").fit(feats)
+    _, idx = knn.kneighbors(pair_feats)
+    want_local = np.array([(s[idx[i]] * dl[i, idx[i]]).mean() for i in range(len(dl))])
+    np.testing.assert_allclose(got.values["local_shift"], want_local, rtol=1e-12)
+    masks = [category == c for c in sorted(set(category))]
+    masks += [feats[:, j] > 0 for j in range(feats.shape[1]) if 8 <= (feats[:, j] > 0).sum() < len(feats)]
+    want_worst = np.array([min((s[mk] * dl[i, mk]).mean() for mk in masks) for i in range(len(dl))])
+    np.testing.assert_allclose(got.values["worst_group_shift"], want_worst, rtol=1e-12)
+    for name, w in got.weights.items():  # every score is its weights applied to Δℓ
+        np.testing.assert_allclose((w * dl).sum(1), got.values[name], rtol=1e-12)
+
+
+def test_screen_consistency_is_positive_when_the_response_does_what_the_policy_expects():
+    got = logodds.screen_consistency(np.array([1.0, 1.0, -1.0, -1.0]), 0.0, np.array([True, False, True, False]))
+    assert got.tolist() == [1.0, -1.0, -1.0, 1.0]
+
+
+def test_policy_parts_sum_to_the_refitted_log_odds_policy_change():
+    """Σ_j (activation + weight) + intercept part = Σ_p W_p (ŷ'_p − ŷ_p) of a sklearn ridge refitted on (Z+ΔZ, ℓ+Δℓ)."""
+    rng, harmful, category, feats, p, dP, _ = _world(seed=3)
+    n, k = feats.shape[0], 5
+    X = rng.random((n, k)) + harmful[:, None] * rng.random(k)
+    coo = np.nonzero(X)
+    pol = fit_policy_arrays(coo[0], coo[1], X[coo], n, harmful=harmful, y=np.log(p), refused=p > 0.5, category=category,
+                            settings=PolicySettings(selection="explicit", features=tuple(range(k)), lam=2.0))
+    dZ = rng.normal(0, 1e-2, (len(dP), n, k))
+    dl = logodds.delta_logit(p, dP)
+    lp = mechanism.logodds_policy(pol, p, dZ, dl)
+    W = rng.normal(0, 1, (len(dP), n)) / n
+    parts = mechanism.policy_parts(pol, lp, dZ, W, (W * dl).sum(1))
+    ell = logit(p)
+    base = Ridge(alpha=2.0).fit(pol.Z, ell)
+    for i in range(len(dP)):
+        moved = Ridge(alpha=2.0).fit(pol.Z + dZ[i], ell + dl[i])
+        want = W[i] @ (moved.predict(pol.Z + dZ[i]) - base.predict(pol.Z))
+        assert parts.total[i].sum() + parts.intercept[i] == pytest.approx(want, rel=1e-6, abs=1e-12)
+
+
+def test_the_effect_fit_names_the_feature_a_residual_was_planted_on():
+    rng, harmful, category, feats, p, dP, _ = _world(seed=5, n=120, K=12)
+    residual = rng.normal(0, 1e-4, (3, 120))
+    target = 4
+    feats[:, target] = rng.random(120) * harmful * (rng.random(120) < 0.5)  # a cue of some harmful requests
+    residual[0] -= 1e-2 * feats[:, target]  # pair 0: less refusal exactly where the cue fires
+    fit = mechanism.fit_effects(residual, harmful, feats, np.arange(12), lam=1.0, min_active=3)
+    assert fit.feature_ids[np.argmin(fit.harm[0])] == target
+
+
+def test_interference_flags_the_pair_whose_harm_lands_far_from_its_prompt():
+    rng = np.random.default_rng(1)
+    n, m = 80, 12
+    harmful = np.arange(n) % 2 == 0
+    sim = rng.random((m, n))
+    residual = rng.normal(0, 1e-3, (m, n)) * sim  # harm mostly near the prompt
+    far = sim[0] < np.median(sim[0])
+    residual[0, far & harmful] -= 5e-2  # pair 0: less refusal on harmful probes unlike its prompt
+    got = mechanism.interference(residual, harmful, sim, np.zeros(m, bool))
+    assert got.flagged[0] and got.flagged.sum() == 1 and np.argmax(got.share) == 0
+
+
+def test_separation_table_equals_roc_auc_for_every_bad_kind():
+    rng = np.random.default_rng(2)
+    kinds = ["harmful_refusal"] * 20 + ["harmful_compliance"] * 5 + ["harmless_compliance"] * 20 + ["harmless_refusal"] * 4 + ["harmless_trigger"] * 3
+    df = pd.DataFrame({"kind": kinds, "harmful": [k.startswith("harmful") for k in kinds], "score": rng.normal(size=len(kinds))})
+    table = separation_table(df, scores=("score",)).set_index("bad_kind")
+    for bad, good in (("harmful_compliance", "harmful_refusal"), ("harmless_refusal", "harmless_compliance"),
+                      ("harmless_trigger", "harmless_compliance")):
+        sub = df[df.kind.isin([bad, good])]
+        assert table.loc[bad, "auc"] == pytest.approx(roc_auc_score(sub.kind == good, sub.score), abs=1e-3)
+        assert table.loc[bad, "against"] == good
