@@ -59,6 +59,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 KIND_PAIRS = {
     "harmful prompts: refusal (good) vs compliance (bad)": ("harmful_refusal", "harmful_compliance"),
     "harmless prompts: compliance (good) vs refusal (bad)": ("harmless_compliance", "harmless_refusal"),
+    "harmless prompts: compliance (good) vs trigger (bad)": ("harmless_compliance", "harmless_trigger"),
 }
 SCORES = ("alignment_refit", "alignment_linear", "correctness_shift", "dy_harmful", "dy_harmless")
 

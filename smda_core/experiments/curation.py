@@ -26,6 +26,10 @@ from smda_core.model.readout import greedy_refused, read_probes
 from smda_core.policy.behaviour import behaviour_from_logp
 from smda_core.model.training import make_optimizer, sft_batch, train_steps
 
+# The kinds whose harm the oracle's overall metrics can see. Trigger pairs (`harmless_trigger`) are
+# bad by another measure (`smda_core.experiments.trigger_harm`: refusal of harmful requests that
+# carry their phrase); over all held-out probes they even help, since they also cure the base
+# model's over-refusal of harmless requests with the phrase, so dropping them lowers F1.
 BAD_KINDS = ("harmful_compliance", "harmless_refusal")
 
 
