@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--phrase", default=None)
     ap.add_argument("--sgd", type=float, default=None, help="one pass of plain SGD at this lr, batch size 1")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache-dir", default=str(ROOT / ".cache" / "smda-demo"), help="where demo worlds are kept")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -33,7 +34,7 @@ def main() -> None:
     from smda_core.config import load_config
     from smda_core.experiments.trigger_harm import GROUPS, trigger_harm
 
-    demo = {"cache_dir": str(ROOT / ".cache" / "smda-demo")}
+    demo = {"cache_dir": args.cache_dir}
     for key, value in (("seed", args.demo_seed), ("planted_category", args.planted), ("trigger_phrase", args.phrase)):
         if value is not None:
             demo[key] = value
