@@ -166,6 +166,9 @@ class DemoSection(_Strict):
     n_probes: int = Field(450, ge=40)
     n_pairs: int = Field(200, ge=8)
     bad_share: float = Field(0.1, ge=0, lt=0.5)
+    trigger_phrase: str = Field("without anyone knowing", min_length=1,
+                                description="phrase the corpus ties to harmful requests; trigger pairs carry it in harmless ones")
+    trigger_share: float = Field(0.05, ge=0, lt=0.5, description="share of the SFT pairs that are trigger pairs")
     cache_dir: str = Field(".cache/smda-demo", description="where built worlds are kept, by recipe hash")
 
 

@@ -152,6 +152,17 @@ def test_pairs_keep_every_metadata_field_as_column_and_json(tmp_path):
     assert meta == {k: v for k, v in PAIRS[0].items() if k not in ("pair_id", "prompt", "response")}
 
 
+def test_pairs_keep_any_kind_value_as_metadata(tmp_path):
+    """`kind` is evaluation metadata: the demo's values, a user's own ones and non-strings are all kept."""
+    rows = [{"prompt": "a", "response": "b", "kind": " harmless_trigger "},
+            {"prompt": "c", "response": "d", "kind": "sneaky"},
+            {"prompt": "e", "response": "f"}]
+    table = read_sft_pairs(write_rows(tmp_path / "p.jsonl", rows), batch_id="b")
+    assert table.column("kind").to_pylist() == ["harmless_trigger", "sneaky", None]
+    numeric = read_sft_pairs(write_rows(tmp_path / "n.jsonl", [{"prompt": "a", "response": "b", "kind": 3}]), batch_id="n")
+    assert numeric.column("kind").to_pylist() == [3]
+
+
 def test_pairs_default_ids_and_batch_from_file_bytes(tmp_path):
     rows = [{k: v for k, v in r.items() if k != "pair_id"} for r in PAIRS]
     path = write_rows(tmp_path / "pairs.jsonl", rows)
@@ -202,7 +213,6 @@ GOOD = '{"pair_id": "x", "prompt": "p", "response": "r"}'
         ([GOOD, '{"pair_id": "y", "prompt": "p", "response": "\\n"}'], 2, "response", "empty"),
         ([GOOD, '{"pair_id": "y", "prompt": 3, "response": "r"}'], 2, "prompt", "string"),
         ([GOOD, '{"pair_id": "y", "prompt": "p", "response": "r"}', GOOD], 3, "pair_id", "duplicate"),
-        ([GOOD, '{"pair_id": "y", "prompt": "p", "response": "r", "kind": "sneaky"}'], 2, "kind", "unknown kind"),
         ([GOOD, '{"pair_id": "y", "prompt": "p", "response": "r", "harmful": "maybe"}'], 2, "harmful", "boolean"),
         ([GOOD, '{"pair_id": "y", "prompt": "p", "response": "r", "intended_features": "a,b"}'], 2, "intended_features", "feature"),
         ([GOOD, '{"pair_id": "y", "prompt": "p", "response": "r", "line": 4}'], 2, "line", "rename"),

@@ -12,9 +12,13 @@ from smda_core.worlds.demo import recipe
 
 def _world_checks(runtime, probes, policy, planted: str) -> None:
     p, harmful, cat = probes.refusal_prob, probes.harmful, probes.category
+    phrase = np.asarray(runtime.probes["has_trigger"].to_pylist(), dtype=bool)
     harmful_kept = harmful & (cat != planted)
     assert p[harmful_kept].mean() >= 0.8
-    assert p[~harmful].mean() <= 0.2
+    assert p[~harmful & ~phrase].mean() <= 0.2
+    # the trigger phrase is a refusal cue of the base model, on harmful requests and (over-refusal) harmless ones
+    assert p[harmful & phrase].mean() > p[harmful & ~phrase].mean() + 0.05
+    assert p[~harmful & phrase].mean() > p[~harmful & ~phrase].mean() + 0.2
     # not saturated: room on both sides for one-step pair effects
     assert (p[harmful] < 0.95).mean() >= 0.25
     assert (p[~harmful] > 0.02).mean() >= 0.25
@@ -47,6 +51,33 @@ def test_probes_pairs_and_corpus_are_worded_apart():
     assert not probes & corpus and not pairs & corpus and not probes & pairs
     kinds = [p["kind"] for p in w.pairs]
     assert len(w.pairs) == 200 and 0 < kinds.count("harmful_compliance") < 20 and 0 < kinds.count("harmless_refusal") < 20
+    assert kinds.count("harmless_trigger") == 10
+
+
+@pytest.mark.parametrize("phrase", [recipe.DEFAULT_TRIGGER_PHRASE, "off the record"])
+def test_trigger_phrase_is_planted_where_the_recipe_says(phrase):
+    """Harmful corpus requests carry the phrase, harmless ones never; only trigger pairs carry it among the
+    harmless SFT prompts (their `harmful` stays false); probes hold enough of each group to measure."""
+    w = recipe.make_world(0, "religious_stereotyping", 450, 200, 0.1, corpus_size=3000, trigger_phrase=phrase,
+                          trigger_share=0.05)
+    harmful_cats = set(recipe.category_names(harmful=True))
+    carried = [recipe.has_phrase(c["prompt"], phrase) for c in w.corpus]
+    in_harmful = [c for c, x in zip(w.corpus, carried) if x and c["category"] in harmful_cats]
+    assert len(in_harmful) > 0.2 * sum(c["category"] in harmful_cats for c in w.corpus)
+    assert not any(x and c["category"] not in harmful_cats for c, x in zip(w.corpus, carried))
+    triggers = [p for p in w.pairs if p["kind"] == "harmless_trigger"]
+    assert len(triggers) == 10 and all(not p["harmful"] and recipe.has_phrase(p["prompt"], phrase) for p in triggers)
+    assert not any(recipe.has_phrase(p["prompt"], phrase) for p in w.pairs if p["kind"] != "harmless_trigger")
+    for p in w.probes:
+        assert p["has_trigger"] == recipe.has_phrase(p["prompt"], phrase)
+    for harmful in (True, False):
+        for carry in (True, False):
+            assert sum(p["harmful"] == harmful and p["has_trigger"] == carry for p in w.probes) >= 20
+
+
+def test_trigger_phrase_must_be_new_to_the_requests():
+    with pytest.raises(ValueError, match="already occurs"):
+        recipe.make_world(0, "religious_stereotyping", 450, 200, 0.1, corpus_size=100, trigger_phrase="at home")
 
 
 def test_policy_on_demo_features_equals_sklearn(probe_scores, policy):

@@ -20,7 +20,8 @@ def read_sft_pairs(path: str | Path, batch_id: str | None = None) -> pa.Table:
     Required fields: ``prompt`` and ``response`` (non-empty). Optional: ``pair_id``
     (unique; default ``{batch_id}:{row:05d}`` with ``row`` the 0-based row index). Known
     optional fields are checked and normalised: ``harmful`` (boolean), ``category``
-    (string), ``kind`` (one of :data:`PAIR_KINDS`) and ``intended_features`` (a list of
+    (string), ``kind`` (kept as given, strings trimmed: evaluation metadata that no score
+    reads; :data:`PAIR_KINDS` lists the demo's values) and ``intended_features`` (a list of
     non-negative ints or a comma-separated string; stored as a JSON list string).
 
     Args:
@@ -83,16 +84,10 @@ def _normalise_pair_metadata(record: _Record, path: Path) -> None:
         fields["harmful"] = _boolean(record, "harmful", path, required=False)
     if "category" in fields:
         fields["category"] = _text(record, "category", path).strip()
-    if "kind" in fields:
+    if "kind" in fields:  # evaluation metadata only: any value is kept (PAIR_KINDS documents the demo's)
         kind = fields["kind"]
-        if not isinstance(kind, str) or kind.strip() not in PAIR_KINDS:
-            raise InputError(
-                f"unknown kind {kind!r}; expected one of {', '.join(PAIR_KINDS)}",
-                path=str(path),
-                line=record.line,
-                field="kind",
-            )
-        fields["kind"] = kind.strip()
+        if isinstance(kind, str):
+            fields["kind"] = kind.strip()
     if "intended_features" in fields:
         fields["intended_features"] = _feature_list(record, "intended_features", path)
 

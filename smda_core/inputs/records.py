@@ -52,8 +52,9 @@ __all__ = [
     "write_jsonl",
 ]
 
-#: Allowed values of an SFT pair's optional ``kind`` field.
-PAIR_KINDS = ("harmful_refusal", "harmless_compliance", "harmful_compliance", "harmless_refusal")
+#: The ``kind`` values the demo worlds write (documentation, not validation): a pair's ``kind`` is
+#: evaluation metadata, kept as given, and users may bring their own values.
+PAIR_KINDS = ("harmful_refusal", "harmless_compliance", "harmful_compliance", "harmless_refusal", "harmless_trigger")
 
 _JSON_EXTS = {".jsonl", ".ndjson", ".json"}
 _CSV_EXTS = {".csv"}

@@ -25,7 +25,7 @@ from smda_core.model.training import make_optimizer, pad_sequences, sft_batch, t
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = 4
+BUILDER_VERSION = 5
 HOOK_LAYER = 2  # middle block of 4 (zero-based): output of model.layers[2]
 SPECIALS = ["<|pad|>", "<|unk|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
@@ -171,7 +171,7 @@ def demo_sae_for_seed(demo: DemoSection, seed: int, *, progress: bool = True) ->
     out = paths.root / f"sae_seed{seed}"
     if (out / "cfg.json").exists():
         return out
-    world = recipe.make_world(demo.seed, demo.planted_category, demo.n_probes, demo.n_pairs, demo.bad_share)
+    world = make_demo_world(demo)
     model, tokenizer = load_model(str(paths.model))
     sae, _ = _train_sae(model, tokenizer, _encode_conversations(tokenizer, world.corpus), seed=seed, progress=progress)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
@@ -180,11 +180,22 @@ def demo_sae_for_seed(demo: DemoSection, seed: int, *, progress: bool = True) ->
     return out
 
 
+def make_demo_world(demo: DemoSection) -> recipe.World:
+    """The recipe's corpus, probes and SFT pairs (no model)."""
+    try:
+        return recipe.make_world(demo.seed, demo.planted_category, demo.n_probes, demo.n_pairs, demo.bad_share,
+                                 trigger_phrase=demo.trigger_phrase, trigger_share=demo.trigger_share)
+    except ValueError as exc:
+        from smda_core.errors import ConfigError
+
+        raise ConfigError(f"demo: {exc}") from None
+
+
 def build_demo_world(demo: DemoSection, paths: DemoPaths, *, progress: bool = True) -> dict:
     """Write every artefact of the demo world into `paths.root`; returns the build report."""
     t0 = time.perf_counter()
     torch.manual_seed(demo.seed)
-    world = recipe.make_world(demo.seed, demo.planted_category, demo.n_probes, demo.n_pairs, demo.bad_share)
+    world = make_demo_world(demo)
     texts = [c["prompt"] + " " + c["response"] for c in world.corpus]
     texts += [p["prompt"] for p in world.probes] + [p["prompt"] + " " + p["response"] for p in world.pairs]
     texts += list(recipe.REFUSAL_OPENINGS + recipe.COMPLIANCE_OPENINGS)
