@@ -254,7 +254,7 @@ def fit(config: ConfigOpt = None,
     cfg = load_config(config, **({"preset": preset} if preset else {}))
     check_config(cfg, source=config or "config")
     runtime = load_runtime(cfg)
-    policy = fit_policy(measure_probes(runtime), cfg.policy)
+    policy = fit_policy(measure_probes(runtime, maxima=False), cfg.policy)
     labels = feature_labels(policy, runtime.probes, cfg.policy.labels_path)
     console.print(f"[bold]{escape(formula(policy, labels, cfg.behaviour.kind))}[/]")
     console.print(f"preset={cfg.preset}  λ={policy.lam:.4g}  R²={policy.r2:.3f}  LOO R²={policy.loo_r2:.3f}  "
@@ -365,15 +365,18 @@ def explain(pair_id: Annotated[str, typer.Argument(help="the pair to explain (it
     console.print(f"  metadata: {escape(str(p['metadata_json']))}")
     fit = query(path, "SELECT score_name FROM smda.v_policy_fit LIMIT 1").to_pylist()
     score_name = fit[0]["score_name"] if fit else "margin_shift"
-    cols = "score, margin_shift, local_shift, worst_group_shift, worst_group, screen_consistency, alignment, " \
+    cols = "score, margin_shift, local_shift, worst_group_shift, worst_group, specific_shift, specific_group, screen_consistency, alignment, " \
            "correctness_shift, interference, interference_z, flagged, flagged_legacy"
     print_rows(query(path, f"SELECT {cols} FROM smda.v_pair_summary WHERE pair_id = ?", [pair_id]),
                f"scores (score = {score_name}; higher = a better pair to keep)")
     print_rows(query(path, "SELECT feature_id, label, activation_part, weight_part, share FROM smda.v_pair_mechanism "
                            "WHERE pair_id = ? AND score = ? AND source LIKE 'policy%' ORDER BY rank = 0, rank LIMIT ?",
                      [pair_id, score_name, top]), f"{score_name} through the policy's features")
+    print_rows(query(path, "SELECT feature_id, label, weight_part AS part, share FROM smda.v_pair_mechanism "
+                           "WHERE pair_id = ? AND score = ? AND source LIKE 'effect-fit%' ORDER BY rank = 0, rank LIMIT ?",
+                     [pair_id, score_name, top]), f"{score_name} through every SAE feature (fit of its own shift pattern)")
     print_rows(query(path, "SELECT feature_id, label, weight_part AS harm, top_probe FROM smda.v_pair_mechanism "
-                           "WHERE pair_id = ? AND source = 'effect-fit' ORDER BY rank LIMIT ?", [pair_id, top]),
+                           "WHERE pair_id = ? AND score = 'harm' AND source = 'effect-fit' ORDER BY rank LIMIT ?", [pair_id, top]),
                "features that carry its harm (fit of its own shift pattern; negative = harmful)")
 
 

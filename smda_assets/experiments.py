@@ -105,7 +105,7 @@ def stability(smda: SMDAResource, *, sae_seeds: int = 3, n_pairs: int | None = N
     runs = run_stability(runtime, cfg, pairs, sae_dirs=saes, progress=progress)
     kinds = np.asarray(pairs["kind"].to_pylist()) if "kind" in pairs.column_names else np.array([""] * pairs.num_rows)
     rows = agreement(runs, np.isin(kinds, BAD_KINDS),
-                     np.asarray(pairs["harmful"].to_pylist(), dtype=bool))
+                     np.asarray(pairs["harmful"].to_pylist(), dtype=bool), kinds=kinds)
     run_id = _run_id("stability", sae_seeds)
     table = validation_table("stability", run_id, [{"method": r["method"], "score": r["score"], "n": sae_seeds,
                                                     "spearman": r["value"],

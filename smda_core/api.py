@@ -101,12 +101,14 @@ def attribute(policy: Policy, probes: ProbeScores, shifts: PairShifts, pairs: pa
     if shifts.response_refuses is None or shifts.prompt_coo is None:
         return attr  # shifts measured before the log-odds scores existed
     m, n = shifts.dY.shape
-    width = int(max(probes.coo_feature.max(initial=-1), shifts.prompt_coo[1].max(initial=-1))) + 1
+    width = int(max(probes.coo_feature.max(initial=-1), shifts.prompt_coo[1].max(initial=-1),
+                    probes.maxima[1].max(initial=-1) if probes.maxima is not None else -1)) + 1
     scored = score_pairs(policy, np.asarray(shifts.pair_ids), policy.shift(shifts.dX(config.shifts.delta_x)),
                          shifts.p_base, shifts.dP, shifts.response_refuses, shifts.prompt_X,
                          dense_features(shifts.prompt_coo, m, width),
                          dense_features((probes.coo_probe, probes.coo_feature, probes.coo_value), n, width),
-                         probes.harmful, probes.category, recommended=a.score)
+                         probes.harmful, probes.category, recommended=a.score,
+                         effect_features=dense_features(probes.maxima[:3], n, width) if probes.maxima is not None else None)
     return dataclasses.replace(attr, pair_summary={**attr.pair_summary, **scored.summary},
                                pair_mechanism=scored.mechanism, completeness=scored.completeness)
 

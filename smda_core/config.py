@@ -138,7 +138,7 @@ class AttributionSettings(_Strict):
     methods: tuple[Literal["refit", "linear"], ...] = ("refit", "linear")
     primary: Literal["refit", "linear"] = "refit"
     intended_top: int = Field(3, ge=1, description="turn-1 interference: the prompt's top policy features count as intended")
-    score: Literal["margin_shift", "local_shift", "worst_group_shift", "screen_consistency"] = Field(
+    score: Literal["margin_shift", "local_shift", "worst_group_shift", "specific_shift", "screen_consistency"] = Field(
         "margin_shift", description="the recommended score: `score` of v_pair_summary, the default of curation rules")
 
 
@@ -148,7 +148,8 @@ class CurationSettings(_Strict):
     The paper used 3 epochs, lr 2e-5, AdamW; a tiny model needs a larger lr.
     """
 
-    rule: str = Field("quantitative:alignment", description="quantitative[:SCORE] | flagged | lowest:SCORE:Q | oracle | sql:SELECT …")
+    rule: str = Field("quantitative", description="quantitative[:SCORE] (alone: the recommended score's low outliers) | "
+                                                  "flagged | lowest:SCORE:Q | oracle | sql:SELECT …")
     epochs: int = Field(3, ge=1)
     lr: float = Field(1e-3, gt=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"

@@ -113,8 +113,9 @@ def _check_context(encoded: list[EncodedPrompt], probes: pa.Table, openings: lis
                              path=path, field="prompt")
 
 
-def measure_probes(runtime: ModelRuntime, *, progress: bool = True) -> ProbeScores:
-    """Features at the configured position and behaviour, from one pass; `refused` by greedy decoding if absent."""
+def measure_probes(runtime: ModelRuntime, *, progress: bool = True, maxima: bool = True) -> ProbeScores:
+    """Features at the configured position and behaviour, from one pass; `refused` by greedy decoding if absent;
+    with `maxima`, each feature's strongest activation over the request's tokens too (`read_maxima`)."""
     r, y, prob = runtime.read(progress=progress)
     given = runtime.probes["refused"].to_pylist()
     if all(v is not None for v in given):
@@ -128,16 +129,35 @@ def measure_probes(runtime: ModelRuntime, *, progress: bool = True) -> ProbeScor
     p = runtime.probes
     return ProbeScores(np.asarray(p["probe_id"].to_pylist()), np.asarray(p["category"].to_pylist()),
                        np.asarray(p["harmful"].to_pylist(), dtype=bool), refused, source, y, prob,
-                       r.coo_probe, r.coo_feature, r.coo_value)
+                       r.coo_probe, r.coo_feature, r.coo_value,
+                       maxima=read_maxima(runtime, progress=progress) if maxima else None)
 
 
-def feature_examples(runtime: ModelRuntime, *, top: int = 3, progress: bool = True) -> pa.Table:
-    """Each SAE feature's `top` probes by its strongest activation on a user token, the text with that token
-    marked «so» — what a person reads to know what a named feature stands for."""
+def read_maxima(runtime: ModelRuntime, *, progress: bool = True) -> tuple[np.ndarray, ...]:
+    """Every probe's strongest activation of each SAE feature over its user tokens, and that token's index (COO:
+    probe index, feature, activation, token index).
+
+    The configured position (end of turn) shows what the model decides; a feature of a phrase in the
+    request fires on the phrase's tokens and may be faint by the end of the turn. The effect fit and
+    the feature examples read these maxima; `v_features` shows them as position `user_max`."""
     from smda_core.model.readout import token_maxima
 
-    pi, fi, vi, ti = token_maxima(runtime.model, runtime.sae, runtime.hook_layer, runtime.encoded,
-                                  batch_size=runtime.config.features.batch_size, pad_id=runtime.pad_id, progress=progress)
+    return token_maxima(runtime.model, runtime.sae, runtime.hook_layer, runtime.encoded,
+                        batch_size=runtime.config.features.batch_size, pad_id=runtime.pad_id, progress=progress)
+
+
+def maxima_table(scores: ProbeScores) -> pa.Table:
+    """The `feature_maxima` table of a readout (`measure_probes(..., maxima=True)`)."""
+    pi, fi, vi, ti = scores.maxima
+    return pa.table({"probe_id": pa.array(np.asarray(scores.probe_ids)[pi], pa.string()),
+                     "feature_id": pa.array(fi, pa.int32()), "activation": pa.array(vi, pa.float64()),
+                     "token_index": pa.array(ti, pa.int64())})
+
+
+def feature_examples(runtime: ModelRuntime, scores: ProbeScores, *, top: int = 3) -> pa.Table:
+    """Each SAE feature's `top` probes by its strongest activation on a user token (`scores.maxima`), the text
+    with that token marked «so» — what a person reads to know what a named feature stands for."""
+    pi, fi, vi, ti = scores.maxima
     order = np.lexsort((pi, -vi, fi))  # by feature, strongest first, then probe order
     ids = runtime.probes["probe_id"].to_pylist()
     rows, seen = [], {}

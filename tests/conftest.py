@@ -41,6 +41,20 @@ def policy(runtime, probe_scores):
     return fit_policy(probe_scores, runtime.config.policy)
 
 
+@pytest.fixture(scope="session")
+def demo_warehouse(tmp_path_factory):
+    """The whole default demo (every pair) materialised by Dagster into a temporary warehouse, once per session."""
+    import yaml
+
+    from smda_assets.run import materialize_all
+
+    tmp = tmp_path_factory.mktemp("demo")
+    cfg = tmp / "smda.yaml"
+    cfg.write_text(yaml.safe_dump({"demo": {"cache_dir": CACHE}, "warehouse": str(tmp / "warehouse.duckdb")}))
+    materialize_all(str(cfg))
+    return cfg, tmp / "warehouse.duckdb"
+
+
 def smda(*args: str, cwd: str | Path | None = None, env: dict | None = None, timeout: float = 600):
     """The `smda` command as a user runs it: a fresh process on this checkout's code, stdout and stderr together.
 

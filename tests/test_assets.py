@@ -28,7 +28,7 @@ CONTRACT = {
     "v_interference": {"pair_id", "dominant_feature", "intended_features", "interference"},
     "v_pair_shifts": {"pair_id", "probe_id", "feature_id", "dz", "dy"},
     "v_sft_pairs": {"pair_id", "batch_id", "prompt", "response", "content_hash", "kind", "category", "source"},
-    "v_features": {"probe_id", "feature_id", "activation"},
+    "v_features": {"probe_id", "feature_id", "activation", "position"},
 }
 
 

@@ -85,12 +85,28 @@ def _table():
 
 def test_rules_select_what_they_say():
     t = _table()
-    # quantitative: harmful pairs below the harmless median (-1.5), harmless pairs above the harmful median (2.5)
-    assert curation.select_drops("quantitative", t) == ["p3", "p7"]
+    # quantitative with the paper's score: harmful pairs below the harmless median (-1.5), harmless pairs above
+    # the harmful median (2.5)
+    assert curation.select_drops("quantitative:alignment", t) == ["p3", "p7"]
     assert curation.select_drops("flagged", t) == ["p1", "p3"]
     assert curation.select_drops("lowest:alignment:2", t) == ["p3", "p6"]
     assert curation.select_drops("oracle", t) == ["p3", "p7"]
     assert curation.select_drops("sql:SELECT 1", t, sql=lambda q: ["p0"]) == ["p0"]
+
+
+def test_quantitative_drops_the_low_outliers_of_a_kind_free_score():
+    rng = np.random.default_rng(3)
+    s = np.concatenate([rng.normal(0.0, 1.0, 40), [-9.0, -7.5, 8.0]])
+    ids = np.array([f"p{i:02d}" for i in range(len(s))])
+    t = curation.PairTable(ids, np.arange(len(s)) % 2 == 0, None, np.zeros(len(s), bool), {"score": s, "margin_shift": -s})
+    med = np.median(s)
+    mad = 1.4826 * np.median(np.abs(s - med))
+    want = sorted(ids[(s - med) / mad < -3].tolist())
+    assert want == ["p40", "p41"]  # the two planted low scores, not the high one
+    assert curation.select_drops("quantitative", t) == want  # the recommended score (`score`) by default
+    neg = -s
+    z = (neg - np.median(neg)) / (1.4826 * np.median(np.abs(neg - np.median(neg))))
+    assert "p42" in curation.select_drops("quantitative:margin_shift", t) == sorted(ids[z < -3].tolist())
 
 
 def test_rules_that_drop_every_pair_or_none_are_refused():

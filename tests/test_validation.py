@@ -77,3 +77,14 @@ def test_stability_across_sae_seeds_stores_figures_equal_to_an_independent_compu
     # the same seed twice agrees exactly
     same = stability_rows([runs[0], runs[0]], np.zeros(12, bool), np.ones(12, bool))
     assert all(r["value"] == pytest.approx(1.0) or r["score"].endswith("_spread") and r["value"] == 0 for r in same)
+    # each pair's named harm feature, matched across seeds by decoder cosine (read here from each seed's SAE)
+    from smda_core.model.loading import load_sae
+    from smda_core.worlds.demo.build import demo_sae_for_seed
+
+    unit = []
+    for r in runs:
+        dec = load_sae(path=str(demo_sae_for_seed(runtime.config.demo, r.seed, progress=False))).W_dec.detach().double().numpy()
+        d = dec[r.harm_feature]
+        unit.append(d / np.linalg.norm(d, axis=1, keepdims=True))
+    ok = np.all([np.abs((unit[i] * unit[j]).sum(1)) >= 0.9 for i in range(3) for j in range(i + 1, 3)], axis=0)
+    assert stored["harm_feature_matched"]["spearman"] == pytest.approx(ok.mean())

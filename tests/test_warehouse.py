@@ -30,7 +30,7 @@ CONTRACT = {  # DESIGN §6 key columns, and the brief's extras
                        "metadata_json", "batch_id", "dominant_label"],
     "v_pair_shifts": ["pair_id", "probe_id", "feature_id", "dz", "dy"],
     "v_sft_pairs": ["pair_id", "batch_id", "prompt", "response", "content_hash"],
-    "v_features": ["probe_id", "feature_id", "activation"],
+    "v_features": ["probe_id", "feature_id", "activation", "position"],
 }
 
 
@@ -287,12 +287,16 @@ def test_pair_views_join_labels_and_pair_metadata(db):
     assert con.execute("SELECT count(*) FROM smda.v_pair_attribution").fetchone() == (len(summary) * len(LABELS) * 2,)
 
 
-def test_features_view_drops_zero_activations(db):
+def test_features_view_drops_zero_activations_and_names_each_position(db):
     con = wh.connect(db)
     wh.apply_views(con)
     wh.replace_table(con, "features", pa.table({"probe_id": ["a", "a", "b"], "feature_id": pa.array([1, 2, 1], pa.int32()),
                                                 "activation": [0.0, 2.0, 3.0]}))
-    assert con.execute("SELECT * FROM smda.v_features ORDER BY probe_id").fetchall() == [("a", 2, 2.0), ("b", 1, 3.0)]
+    wh.replace_table(con, "feature_maxima", pa.table({"probe_id": ["a", "b"], "feature_id": pa.array([7, 1], pa.int32()),
+                                                      "activation": [0.5, 0.0], "token_index": pa.array([3, 4], pa.int64())}))
+    wh.replace_table(con, "readout_info", pa.table({"model": ["m"], "position": ["end_of_turn"]}))
+    rows = con.execute("SELECT * FROM smda.v_features ORDER BY position, probe_id").fetchall()
+    assert rows == [("a", 2, 2.0, "end_of_turn"), ("b", 1, 3.0, "end_of_turn"), ("a", 7, 0.5, "user_max")]
 
 
 # ---------- read-only access ----------

@@ -25,7 +25,7 @@ READOUT_INPUTS = ["model_files", "sae_files", "probe_file", "readout_settings"]
 def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
     """Load model + SAE, read every probe once: features at the configured position and behaviour."""
     from smda_core.api import load_runtime, measure_probes
-    from smda_core.runtime import feature_examples
+    from smda_core.runtime import feature_examples, maxima_table
     from smda_core.store.tables import probe_tables
 
     cfg = smda.config()
@@ -38,7 +38,7 @@ def probe_readout(context: dg.AssetExecutionContext, smda: SMDAResource):
             "position": cfg.features.position, "behaviour": cfg.behaviour.kind, "dtype": cfg.model.dtype,
             "readout_version": version["data_version"].value}  # what the warehouse holds, against the instance's memory
     tables = probe_tables(runtime.probes, scores, info)
-    smda.write({**tables, "feature_examples": feature_examples(runtime, progress=False)})
+    smda.write({**tables, "feature_maxima": maxima_table(scores), "feature_examples": feature_examples(runtime, scores)})
     for name in ("probes", "features", "behaviour_scores"):
         yield dg.MaterializeResult(asset_key=name, metadata=table_metadata(tables[name]), **version)
 

@@ -10,6 +10,11 @@ with higher meaning a better pair to keep:
   every SAE feature at the read position): what the pair teaches near its own request;
 - `worst_group_shift`: the most negative signed shift over probe groups (categories, and clusters
   of probes that share an active SAE feature), so harm that lands on a few probes is not averaged away;
+- `specific_shift`: the worst group shift of what is specific to the pair: its signed shift minus its
+  projection on the generic push of its response type (the mean signed shift of the batch's pairs
+  whose response also opens with a refusal, or also does not), over groups split by probe label
+  (categories, and each feature cluster's harmful and harmless probes). Most of one pair's shift is
+  that generic push; harm planted on a few probes (a phrase, a category) is what remains;
 - `screen_consistency` (forward only): the policy's predicted refusal for the pair's prompt against
   whether its response opens with a refusal; negative when the response contradicts the policy.
 
@@ -25,7 +30,8 @@ import numpy as np
 
 from smda_core.errors import InputError
 
-SCORES = ("margin_shift", "local_shift", "worst_group_shift")
+SCORES = ("margin_shift", "local_shift", "worst_group_shift", "specific_shift")
+MIN_TYPE_PAIRS = 5  # pairs of a response type needed to estimate its generic push
 
 
 def delta_logit(p_base: np.ndarray, dP: np.ndarray) -> np.ndarray:
@@ -48,9 +54,11 @@ class ProbeGroups:
     masks: np.ndarray  # (g, n) bool
 
     @classmethod
-    def build(cls, category: np.ndarray, features: np.ndarray, feature_ids: np.ndarray, min_size: int = 8) -> ProbeGroups:
+    def build(cls, category: np.ndarray, features: np.ndarray, feature_ids: np.ndarray, min_size: int = 8,
+              split: np.ndarray | None = None) -> ProbeGroups:
         """`features` (n, K) activations of every SAE feature (ids `feature_ids`); a feature active on ≥ min_size
-        probes (and not on all of them) makes a cluster."""
+        probes (and not on all of them) makes a cluster. With `split` (n,) bool, every group is cut in two by
+        it (harmful and harmless probes apart) and halves under min_size are dropped."""
         category = np.asarray(category).astype(str)
         names, masks = [], []
         for c in np.unique(category):
@@ -61,6 +69,12 @@ class ProbeGroups:
         for j in np.flatnonzero((counts >= min_size) & (counts < active.shape[0])):
             names.append(f"feature:{int(feature_ids[j])}")
             masks.append(active[:, j])
+        if split is not None:
+            cut = np.asarray(split, dtype=bool)
+            halves = [(f"{name}|{label}", mask & side) for name, mask in zip(names, masks)
+                      for label, side in (("harmful", cut), ("harmless", ~cut))]
+            names = [name for name, mask in halves if mask.sum() >= min_size]
+            masks = [mask for _, mask in halves if mask.sum() >= min_size]
         return cls(names, np.asarray(masks, dtype=bool).reshape(len(names), -1))
 
 
@@ -88,16 +102,20 @@ class LogOddsScores:
     values: dict[str, np.ndarray]
     weights: dict[str, np.ndarray]
     worst_group: list[str]
+    specific_group: list[str]
 
 
-def logodds_scores(dl: np.ndarray, harmful: np.ndarray, neighbours: np.ndarray, groups: ProbeGroups) -> LogOddsScores:
-    """margin_shift, local_shift and worst_group_shift of m pairs from their Δℓ (m, n).
+def logodds_scores(dl: np.ndarray, harmful: np.ndarray, neighbours: np.ndarray, groups: ProbeGroups,
+                   split_groups: ProbeGroups, response_refuses: np.ndarray) -> LogOddsScores:
+    """margin_shift, local_shift, worst_group_shift and specific_shift of m pairs from their Δℓ (m, n).
 
     Args:
         dl: exact log-odds shifts, (m, n).
         harmful: (n,) probe labels.
         neighbours: (m, k) probe indices nearest each pair's prompt (`nearest_probes`).
         groups: probe groups for the worst-group score.
+        split_groups: label-pure probe groups for the specific score (`ProbeGroups.build(..., split=harmful)`).
+        response_refuses: (m,) whether each pair's response opens with a refusal (its response type).
     """
     dl = np.asarray(dl, dtype=np.float64)
     m, n = dl.shape
@@ -115,8 +133,40 @@ def logodds_scores(dl: np.ndarray, harmful: np.ndarray, neighbours: np.ndarray, 
     per_group = (dl * s[None, :]) @ group_w.T  # (m, g) signed shift per group
     worst = np.argmin(per_group, axis=1)
     weights["worst_group_shift"] = group_w[worst] * s[None, :]
+    specific, where = specific_weights(dl * s[None, :], split_groups, response_refuses)
+    weights["specific_shift"] = specific * s[None, :]
     values = {name: np.einsum("mn,mn->m", w, dl) for name, w in weights.items()}
-    return LogOddsScores(values, weights, [groups.names[g] for g in worst])
+    return LogOddsScores(values, weights, [groups.names[g] for g in worst], [split_groups.names[g] for g in where])
+
+
+def generic_push(signed: np.ndarray, response_refuses: np.ndarray) -> np.ndarray:
+    """(m, n): for each pair, the mean signed shift of the pairs of its response type (the push every pair
+    that refuses, or every pair that complies, gives). A type with fewer than MIN_TYPE_PAIRS pairs in the
+    batch takes the mean over all pairs."""
+    r = np.asarray(response_refuses, dtype=bool)
+    overall = signed.mean(0)
+    push = np.empty_like(signed)
+    for kind in (True, False):
+        mask = r == kind
+        push[mask] = signed[mask].mean(0) if mask.sum() >= MIN_TYPE_PAIRS else overall
+    return push
+
+
+def specific_weights(signed: np.ndarray, groups: ProbeGroups, response_refuses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (m, n) on the signed shift such that `Σ_p W_ip signed_ip` is the pair's specific shift, and the
+    index of the group each pair's specific harm lands on.
+
+    The residual `signed_i − a_i μ` (with `a_i = signed_i·μ / μ·μ`, μ its type's generic push) is linear in
+    `signed_i`, so its mean over group g is `signed_i · (w_g − μ (μ·w_g)/(μ·μ))`; the worst group is chosen
+    per pair on the residual."""
+    group_w = groups.masks / groups.masks.sum(1, keepdims=True)  # (g, n)
+    mu = generic_push(signed, response_refuses)  # (m, n)
+    mu_sq = np.maximum(np.einsum("mn,mn->m", mu, mu), 1e-300)
+    coeff = np.einsum("mn,mn->m", signed, mu) / mu_sq  # a_i
+    per_group = signed @ group_w.T - coeff[:, None] * (mu @ group_w.T)  # (m, g) residual mean per group
+    worst = np.argmin(per_group, axis=1)
+    w = group_w[worst]  # (m, n)
+    return w - mu * (np.einsum("mn,mn->m", mu, w) / mu_sq)[:, None], worst
 
 
 def screen_consistency(predicted: np.ndarray, threshold: float, response_refuses: np.ndarray) -> np.ndarray:

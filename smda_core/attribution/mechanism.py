@@ -101,6 +101,7 @@ class EffectFit:
     coef: np.ndarray  # (m, K) in standardised units
     harm: np.ndarray  # (m, K) signed harm carried by each feature (negative = harmful)
     r2: np.ndarray  # (m,) share of each residual the fit explains
+    design: np.ndarray  # (n, K) the standardised activations fitted on
 
 
 def fit_effects(residual: np.ndarray, harmful: np.ndarray, features: np.ndarray, feature_ids: np.ndarray, *,
@@ -123,7 +124,28 @@ def fit_effects(residual: np.ndarray, harmful: np.ndarray, features: np.ndarray,
     fitted = gamma @ Xs.T
     ss = (Rc ** 2).sum(1)
     r2 = 1.0 - ((Rc - fitted) ** 2).sum(1) / np.where(ss > 0, ss, 1.0)
-    return EffectFit(ids, gamma, harm, r2)
+    return EffectFit(ids, gamma, harm, r2, Xs)
+
+
+@dataclass(frozen=True)
+class EffectParts:
+    """A score `S_i = Σ_p W_ip Δℓ_ip` split over every fitted SAE feature through the effect fit."""
+
+    parts: np.ndarray  # (m, K) feature j's fitted part of the score, `γ_ij Σ_p W_ip Xs_pj`
+    uniform: np.ndarray  # (m,) what no feature carries: the generic push of the response type and the pair's mean shift
+    completeness: float  # Spearman across pairs of (Σ_j parts + uniform) with the score
+
+
+def effect_parts(fit: EffectFit, residual: np.ndarray, dl: np.ndarray, weights: np.ndarray, score: np.ndarray) -> EffectParts:
+    """Δℓ = (Δℓ − R) + mean(R) + (R − mean(R)), the last part fitted as `Xs γ`: so the score is the uniform part
+    `Σ_p W_ip (Δℓ − R + mean R)_ip` plus one part per feature, up to what the fit misses."""
+    w = np.asarray(weights, dtype=np.float64)
+    R = np.asarray(residual, dtype=np.float64)
+    centred = R - R.mean(1, keepdims=True)
+    parts = fit.coef * (w @ fit.design)
+    uniform = np.einsum("mn,mn->m", w, np.asarray(dl, dtype=np.float64) - centred)
+    comp = spearman(parts.sum(1) + uniform, score) if len(score) > 2 else float("nan")
+    return EffectParts(parts, uniform, comp)
 
 
 @dataclass(frozen=True)

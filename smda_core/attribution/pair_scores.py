@@ -17,6 +17,7 @@ from smda_core.policy.fit import Policy
 
 N_NEIGHBOURS = 15
 N_NAMED = 5  # features named per pair and score
+N_EFFECT_ROWS = 10  # effect-fit parts stored per pair for the recommended score (the rest summed in one row)
 
 
 @dataclass(frozen=True)
@@ -37,34 +38,44 @@ def dense_features(coo: tuple[np.ndarray, np.ndarray, np.ndarray], rows: int, wi
 
 def score_pairs(policy: Policy, pair_ids: np.ndarray, dZ: np.ndarray, p_base: np.ndarray, dP: np.ndarray,
                 response_refuses: np.ndarray, prompt_X: np.ndarray, pair_features: np.ndarray, probe_features: np.ndarray,
-                harmful: np.ndarray, category: np.ndarray, *, recommended: str) -> PairScores:
+                harmful: np.ndarray, category: np.ndarray, *, recommended: str,
+                effect_features: np.ndarray | None = None) -> PairScores:
     """Every kind-free score, the recommended `score`, policy and effect-fit mechanism, calibrated interference.
 
     Shapes: dZ (m, n, k) design units, p_base (n,), dP (m, n),
     response_refuses (m,), prompt_X (m, k) raw policy features of each pair's prompt, pair_features (m, K) and
-    probe_features (n, K) over every SAE feature.
+    probe_features (n, K) over every SAE feature at the read position; effect_features (n, K) each feature's
+    strongest activation over a probe's request tokens (the effect fit's design; the read position if None).
     """
     m = len(pair_ids)
     feature_ids = np.arange(probe_features.shape[1])
     dl = logodds.delta_logit(p_base, dP)
     neighbours = logodds.nearest_probes(pair_features, probe_features, N_NEIGHBOURS)
     groups = logodds.ProbeGroups.build(category, probe_features, feature_ids)
-    scores = logodds.logodds_scores(dl, harmful, neighbours, groups)
+    split_groups = logodds.ProbeGroups.build(category, probe_features, feature_ids, split=harmful)
+    scores = logodds.logodds_scores(dl, harmful, neighbours, groups, split_groups, response_refuses)
     values = dict(scores.values)
     values["screen_consistency"] = logodds.screen_consistency(policy.predict(prompt_X), policy.threshold, response_refuses)
     lp = mechanism.logodds_policy(policy, p_base, dZ, dl)
     parts = {name: mechanism.policy_parts(policy, lp, dZ, scores.weights[name], values[name]) for name in logodds.SCORES}
     residual = mechanism.residual_shift(dl, response_refuses)
-    fit = mechanism.fit_effects(residual, harmful, probe_features, feature_ids)
+    design = probe_features if effect_features is None else effect_features
+    fit = mechanism.fit_effects(residual, harmful, design, np.arange(design.shape[1]))
+    effect = mechanism.effect_parts(fit, residual, dl, scores.weights[recommended], values[recommended]) \
+        if recommended in scores.weights else None
     sim = _cosine(pair_features, probe_features)
     inter = mechanism.interference(residual, harmful, sim, response_refuses)
     harm_feature = fit.feature_ids[np.argmin(fit.harm, axis=1)] if fit.harm.size else np.full(m, -1)
-    summary = {**values, "worst_group": scores.worst_group, "score": values[recommended],
+    summary = {**values, "worst_group": scores.worst_group, "specific_group": scores.specific_group, "score": values[recommended],
                "interference": inter.share, "interference_z": inter.robust_z, "flagged": inter.flagged,
                "harm_feature": harm_feature.astype(np.int64), "effect_fit_r2": fit.r2,
                "response_refuses": np.asarray(response_refuses, dtype=bool)}
     rows = _mechanism_rows(pair_ids, policy.feature_ids, parts, fit)
-    return PairScores(summary, rows, {name: p.completeness for name, p in parts.items()})
+    completeness = {name: p.completeness for name, p in parts.items()}
+    if effect is not None:
+        _effect_rows(rows, pair_ids, recommended, fit.feature_ids, effect)
+        completeness[f"{recommended}/effect-fit"] = effect.completeness
+    return PairScores(summary, rows, completeness)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -93,6 +104,22 @@ def _mechanism_rows(pair_ids: np.ndarray, policy_features: np.ndarray, parts: di
             _append(cols, pid, "harm", int(fit.feature_ids[j]), float("nan"), fit.harm[i, j],
                     fit.harm[i, j] / norm[i, 0] if norm[i, 0] > 0 else 0.0, r + 1, "effect-fit")
     return cols
+
+
+def _effect_rows(cols: dict[str, list], pair_ids: np.ndarray, score: str, feature_ids: np.ndarray,
+                 effect: mechanism.EffectParts) -> None:
+    """The recommended score's effect-fit split: its N_EFFECT_ROWS largest feature parts, the other features'
+    parts summed (feature −2) and the uniform part (feature −1), so that a pair's rows sum to its split."""
+    norm = np.abs(effect.parts).sum(1) + np.abs(effect.uniform)
+    for i, pid in enumerate(pair_ids):
+        share = (lambda v: v / norm[i] if norm[i] > 0 else 0.0)
+        order = np.argsort(-np.abs(effect.parts[i]), kind="stable")
+        for r, j in enumerate(order[:N_EFFECT_ROWS]):
+            _append(cols, pid, score, int(feature_ids[j]), float("nan"), effect.parts[i, j], share(effect.parts[i, j]),
+                    r + 1, "effect-fit")
+        rest = float(effect.parts[i, order[N_EFFECT_ROWS:]].sum())
+        _append(cols, pid, score, -2, float("nan"), rest, share(rest), 0, "effect-fit-other")
+        _append(cols, pid, score, -1, float("nan"), effect.uniform[i], share(effect.uniform[i]), 0, "effect-fit-uniform")
 
 
 def _append(cols: dict[str, list], *values) -> None:

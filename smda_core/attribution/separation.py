@@ -58,7 +58,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 GOOD_KINDS = {True: "harmful_refusal", False: "harmless_compliance"}
 """The good pairs of each prompt kind (harmful prompt → refusal, harmless prompt → compliance)."""
-SCORES = ("score", "margin_shift", "local_shift", "worst_group_shift", "screen_consistency", "alignment_refit",
+SCORES = ("score", "margin_shift", "local_shift", "worst_group_shift", "specific_shift", "screen_consistency", "alignment_refit",
           "alignment_linear", "correctness_shift", "dy_harmful", "dy_harmless")
 
 

@@ -120,12 +120,31 @@ def _score(t: PairTable, name: str) -> np.ndarray:
     return t.scores[name]
 
 
-def select_drops(rule: str, t: PairTable, *, sql: Callable[[str], Sequence[str]] | None = None) -> list[str]:
-    """Pair ids a rule drops. Rules: quantitative[:SCORE] | flagged | lowest:SCORE:Q | oracle | sql:SELECT pair_id …"""
+KIND_FREE = ("score", "margin_shift", "local_shift", "worst_group_shift", "specific_shift", "screen_consistency")
+"""Scores where higher means a better pair to keep, whatever the prompt: `quantitative` drops their low outliers."""
+OUTLIER_Z = 3.0
+
+
+def low_outliers(s: np.ndarray, z: float = OUTLIER_Z) -> np.ndarray:
+    """Pairs whose score lies more than z robust sd (1.4826·MAD) below the median of all pairs: no share of bad
+    pairs is assumed, and no label is read."""
+    med = np.median(s)
+    mad = 1.4826 * np.median(np.abs(s - med))
+    return (s - med) / (mad if mad > 0 else max(abs(med), 1e-300)) < -z
+
+
+def select_drops(rule: str, t: PairTable, *, sql: Callable[[str], Sequence[str]] | None = None,
+                 recommended: str = "score") -> list[str]:
+    """Pair ids a rule drops. Rules: quantitative[:SCORE] | flagged | lowest:SCORE:Q | oracle | sql:SELECT pair_id …
+
+    `quantitative` alone uses the recommended score. With a kind-free score (:data:`KIND_FREE`) it drops the
+    score's low outliers (`low_outliers`); with the paper's scores it is the paper's median rule per prompt kind."""
     name, _, arg = rule.partition(":")
     ids = t.pair_ids
-    if name == "quantitative":  # the paper's rule, with any score in place of alignment
-        s = _score(t, arg or "alignment")
+    if name == "quantitative" and (arg or recommended) in KIND_FREE:
+        drop = low_outliers(_score(t, arg or recommended))
+    elif name == "quantitative":  # the paper's rule, with any score in place of alignment
+        s = _score(t, arg)
         harmful_median = np.median(s[t.harmful])
         harmless_median = np.median(s[~t.harmful])
         drop = (t.harmful & (s < harmless_median)) | (~t.harmful & (s > harmful_median))
@@ -240,7 +259,7 @@ def pair_table(summary, pairs) -> PairTable:
     harmful = np.asarray([pairs["harmful"][i].as_py() for i in rows], dtype=bool)
     kind = np.asarray([pairs["kind"][i].as_py() for i in rows]) if "kind" in pairs.column_names else None
     scores = {c: np.asarray(summary[c].to_pylist(), dtype=float) for c in
-              ("score", "margin_shift", "local_shift", "worst_group_shift", "screen_consistency", "alignment",
+              ("score", "margin_shift", "local_shift", "worst_group_shift", "specific_shift", "screen_consistency", "alignment",
                "alignment_refit", "alignment_linear", "correctness_shift", "dy_harmful", "dy_harmless", "interference")
               if c in summary.column_names}
     if "dy_harmless" in scores:  # higher = better for both prompt kinds, as the rules expect

@@ -35,9 +35,12 @@ class SeedRun:
     loo_r2: float
     accuracy: float
     scores: dict[str, np.ndarray]  # score name → (m,) per pair, same pair order in every run
+    harm_feature: np.ndarray | None = None  # (m,) each pair's named harm feature (effect fit)
+    harm_decoder: np.ndarray | None = None  # (m, d_in) its decoder direction
 
 
-def stability(runs: Sequence[SeedRun], is_bad: np.ndarray, harmful_prompt: np.ndarray, top: int = 10) -> list[dict]:
+def stability(runs: Sequence[SeedRun], is_bad: np.ndarray, harmful_prompt: np.ndarray, top: int = 10,
+              kinds: np.ndarray | None = None) -> list[dict]:
     """Agreement across SAE seeds: policy (decoder-matched features, top-feature overlap, R²/accuracy spread)
     and each per-pair score (mean pairwise Spearman, spread of the bad-pair AUC per prompt kind)."""
     pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]]
@@ -62,10 +65,31 @@ def stability(runs: Sequence[SeedRun], is_bad: np.ndarray, harmful_prompt: np.nd
                 detail[f"auc_{kind}"] = aucs
                 detail[f"auc_spread_{kind}"] = spread
         rows.append({"method": "pair_score", "score": score, "value": float(np.nanmean(rho)), "detail": detail})
+    if all(r.harm_decoder is not None for r in runs):
+        rows.extend(harm_feature_agreement(runs, kinds if kinds is not None else np.where(is_bad, "bad", "good")))
     return rows
 
 
-STABLE_SCORES = ("score", "margin_shift", "local_shift", "worst_group_shift", "screen_consistency", "alignment_refit",
+def harm_feature_agreement(runs: Sequence[SeedRun], kinds: np.ndarray, threshold: float = 0.9) -> list[dict]:
+    """Share of pairs whose named harm feature is the same direction under every pair of seeds (decoder
+    |cosine| ≥ threshold), over all pairs and per kind (evaluation labels)."""
+    kinds = np.asarray(kinds).astype(str)
+    matched = np.ones(len(kinds), dtype=bool)
+    for i, a in enumerate(runs):
+        for b in runs[i + 1:]:
+            ua = a.harm_decoder / np.linalg.norm(a.harm_decoder, axis=1, keepdims=True)
+            ub = b.harm_decoder / np.linalg.norm(b.harm_decoder, axis=1, keepdims=True)
+            matched &= np.abs(np.einsum("md,md->m", ua, ub)) >= threshold
+    rows = [{"method": "mechanism", "score": "harm_feature_matched", "value": float(matched.mean()),
+             "detail": {"threshold": threshold, "pairs": int(len(matched))}}]
+    for kind in sorted(set(kinds) - {"", "None", "nan"}):
+        mask = kinds == kind
+        rows.append({"method": "mechanism", "score": f"harm_feature_matched:{kind}", "value": float(matched[mask].mean()),
+                     "detail": {"threshold": threshold, "pairs": int(mask.sum())}})
+    return rows
+
+
+STABLE_SCORES = ("score", "margin_shift", "local_shift", "worst_group_shift", "specific_shift", "screen_consistency", "alignment_refit",
                  "alignment_linear", "correctness_shift", "dy_harmful")
 
 
@@ -82,7 +106,10 @@ def run_stability(runtime, config, pairs, *, sae_dirs: Sequence[tuple[int, str]]
         probes = measure_probes(r, progress=False)
         policy = fit_policy(probes, config.policy)
         s = attribute(policy, probes, measure_shifts(r, policy, pairs, progress=progress), pairs, config).pair_summary
-        runs.append(SeedRun(seed, policy.feature_ids, policy.coef, sae.W_dec.detach().double().numpy()[policy.feature_ids],
+        decoder = sae.W_dec.detach().double().numpy()
+        harm = np.asarray(s["harm_feature"], dtype=np.int64) if "harm_feature" in s else None
+        runs.append(SeedRun(seed, policy.feature_ids, policy.coef, decoder[policy.feature_ids],
                             policy.r2, policy.loo_r2, policy.accuracy,
-                            {k: np.asarray(s[k], dtype=float) for k in STABLE_SCORES if k in s}))
+                            {k: np.asarray(s[k], dtype=float) for k in STABLE_SCORES if k in s},
+                            harm, decoder[harm] if harm is not None else None))
     return runs

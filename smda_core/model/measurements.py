@@ -22,7 +22,8 @@ class ProbeScores:
     """The base model on the probes: sparse features (COO), behaviour y, refusal_prob, refused.
 
     Shapes: per probe (n,): probe_ids, category, harmful, refused, behaviour, refusal_prob;
-    COO over (probe index, SAE feature) with activation ≠ 0: coo_probe, coo_feature, coo_value.
+    COO over (probe index, SAE feature) with activation ≠ 0: coo_probe, coo_feature, coo_value; `maxima` the
+    same over each feature's strongest activation on the request's tokens (None where not read).
     """
 
     probe_ids: np.ndarray
@@ -36,6 +37,7 @@ class ProbeScores:
     coo_feature: np.ndarray
     coo_value: np.ndarray
     extra: dict = field(default_factory=dict)
+    maxima: tuple[np.ndarray, ...] | None = None  # COO (probe index, feature, activation, token index) at user_max
 
 
 @dataclass

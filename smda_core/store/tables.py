@@ -50,6 +50,8 @@ def read_probe_readout(con) -> tuple[ProbeScores, pa.Table, dict]:
                         "JOIN smda.probes p USING (probe_id) ORDER BY p.probe_index").to_arrow_table()
     coo = con.sql("SELECT p.probe_index, f.feature_id, f.activation FROM smda.features f JOIN smda.probes p USING (probe_id) "
                   "ORDER BY p.probe_index, f.feature_id").to_arrow_table()
+    maxima = con.sql("SELECT p.probe_index, m.feature_id, m.activation, m.token_index FROM smda.feature_maxima m JOIN smda.probes p "
+                     "USING (probe_id) ORDER BY p.probe_index, m.feature_id").to_arrow_table()
     info = con.sql("SELECT * FROM smda.readout_info").to_arrow_table().to_pylist()
     if behaviour.num_rows != probes.num_rows or not info:
         raise SMDAError("the warehouse's probe readout is incomplete: materialise `probes` again")
@@ -60,7 +62,9 @@ def read_probe_readout(con) -> tuple[ProbeScores, pa.Table, dict]:
         refused=np.asarray(behaviour["refused"].to_pylist(), dtype=bool), refused_source=source[0],
         behaviour=behaviour["behaviour"].to_numpy(), refusal_prob=behaviour["refusal_prob"].to_numpy(),
         coo_probe=coo["probe_index"].to_numpy().astype(np.int64), coo_feature=coo["feature_id"].to_numpy().astype(np.int64),
-        coo_value=coo["activation"].to_numpy())
+        coo_value=coo["activation"].to_numpy(),
+        maxima=(maxima["probe_index"].to_numpy().astype(np.int64), maxima["feature_id"].to_numpy().astype(np.int64),
+                maxima["activation"].to_numpy(), maxima["token_index"].to_numpy().astype(np.int64)) if maxima.num_rows else None)
     return scores, probes, info[0]
 
 

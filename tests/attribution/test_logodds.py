@@ -32,12 +32,14 @@ def test_delta_logit_is_the_exact_difference_of_logits():
     np.testing.assert_allclose(logodds.delta_logit(p, dP), logit(p[None] + dP) - logit(p)[None], rtol=1e-9, atol=1e-12)
 
 
-def test_margin_local_and_worst_group_equal_a_brute_force_computation():
-    _, harmful, category, feats, p, dP, pair_feats = _world()
+def test_margin_local_worst_group_and_specific_equal_a_brute_force_computation():
+    _, harmful, category, feats, p, dP, pair_feats = _world(m=14)
     dl = logodds.delta_logit(p, dP)
     nb = logodds.nearest_probes(pair_feats, feats, 10)
     groups = logodds.ProbeGroups.build(category, feats, np.arange(feats.shape[1]), min_size=8)
-    got = logodds.logodds_scores(dl, harmful, nb, groups)
+    split = logodds.ProbeGroups.build(category, feats, np.arange(feats.shape[1]), min_size=8, split=harmful)
+    refuses = np.arange(len(dl)) < 10  # 10 refusing pairs (own push), 4 complying (too few: the overall push)
+    got = logodds.logodds_scores(dl, harmful, nb, groups, split, refuses)
     s = np.where(harmful, 1.0, -1.0)
     np.testing.assert_allclose(got.values["margin_shift"], dl[:, harmful].mean(1) - dl[:, ~harmful].mean(1), rtol=1e-12)
     knn = NearestNeighbors(n_neighbors=10, metric="cosine", algorithm="brute").fit(feats)
@@ -48,8 +50,23 @@ def test_margin_local_and_worst_group_equal_a_brute_force_computation():
     masks += [feats[:, j] > 0 for j in range(feats.shape[1]) if 8 <= (feats[:, j] > 0).sum() < len(feats)]
     want_worst = np.array([min((s[mk] * dl[i, mk]).mean() for mk in masks) for i in range(len(dl))])
     np.testing.assert_allclose(got.values["worst_group_shift"], want_worst, rtol=1e-12)
+    assert got.values["specific_shift"] == pytest.approx(_specific_by_hand(dl * s, refuses, masks, harmful), rel=1e-9)
     for name, w in got.weights.items():  # every score is its weights applied to Δℓ
         np.testing.assert_allclose((w * dl).sum(1), got.values[name], rtol=1e-12)
+
+
+def _specific_by_hand(signed, refuses, masks, harmful, min_size=8):
+    """Per pair: least-squares residual of its signed shift on its response type's mean (fewer than 5 pairs of
+    the type: the mean of all pairs), then the most negative mean over label-split groups of ≥ min_size probes."""
+    halves = [mk & side for mk in masks for side in (harmful, ~harmful) if (mk & side).sum() >= min_size]
+    out = []
+    for i in range(len(signed)):
+        same = refuses == refuses[i]
+        mu = signed[same].mean(0) if same.sum() >= 5 else signed.mean(0)
+        coef = np.linalg.lstsq(mu[:, None], signed[i], rcond=None)[0][0]
+        resid = signed[i] - coef * mu
+        out.append(min(resid[h].mean() for h in halves))
+    return np.array(out)
 
 
 def test_screen_consistency_is_positive_when_the_response_does_what_the_policy_expects():
