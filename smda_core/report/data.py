@@ -135,16 +135,23 @@ def read_mechanism(con, pair_ids: list[str], score_name: str) -> pd.DataFrame:
 
 
 def read_landing(con, pair_ids: list[str]) -> pd.DataFrame:
-    """For the given pairs: the probe groups where their shift is most harmful (signed: a refusal drop on harmful
-    probes or a rise on harmless ones is harm), three groups per pair."""
+    """For the given pairs: the probe categories where their step does the most harm, three per pair.
+
+    Harm is signed by what the probes should get: a drop of refusal on a harmful category, a rise on a harmless
+    one (`harm` = −Δp on harmful categories, +Δp on harmless ones, Δp the mean shift of refusal_prob); only
+    categories with harm > 0 are kept.
+    """
     if not pair_ids:
         return pd.DataFrame()
     return _frame(con, """
-        WITH g AS (
-            SELECT pair_id, "group", n_probes, dy, dp,
-                   row_number() OVER (PARTITION BY pair_id ORDER BY dp, "group") AS r
-            FROM smda.v_pair_group_shift WHERE pair_id IN (SELECT unnest(?::VARCHAR[])))
-        SELECT pair_id, "group", n_probes, dy, dp FROM g WHERE r <= 3 ORDER BY pair_id, r""", [pair_ids])
+        WITH kinds AS (SELECT DISTINCT category, harmful FROM smda.v_probe_scores),
+        g AS (
+            SELECT s.pair_id, k.category, k.harmful, s.n_probes, s.dp,
+                   CASE WHEN k.harmful THEN -s.dp ELSE s.dp END AS harm
+            FROM smda.v_pair_group_shift s JOIN kinds k ON s."group" = 'category:' || k.category
+            WHERE s.pair_id IN (SELECT unnest(?::VARCHAR[]))),
+        r AS (SELECT *, row_number() OVER (PARTITION BY pair_id ORDER BY harm DESC, category) AS r FROM g WHERE harm > 0)
+        SELECT pair_id, category, harmful, n_probes, dp, harm FROM r WHERE r <= 3 ORDER BY pair_id, r""", [pair_ids])
 
 
 def read_heatmap(con, score_name: str) -> pd.DataFrame:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from smda_core.report import figures
-from smda_core.report.data import ReportData, read_report_data
+from smda_core.report.data import TOP_HARMFUL, ReportData, read_report_data
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -34,7 +34,7 @@ h2{font-size:19px;margin:8px 0 4px}h3{font-size:15px;margin:16px 0 4px}
 .stats span{display:inline-block;margin:4px 14px 4px 0;font-size:14px}.stats b{color:#1f2d3d}
 table{border-collapse:collapse;font-size:12.5px;margin:8px 0;width:100%}
 th,td{border-bottom:1px solid #eee;padding:4px 6px;text-align:left;vertical-align:top}
-th{background:#f4f6f8;position:sticky;top:38px}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f4f6f8;position:sticky;top:38px}.scroll th{top:0}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .note{color:#666;font-size:13px}.empty{color:#999;font-style:italic}
 .text{max-width:360px;white-space:pre-wrap}.scroll{max-height:520px;overflow:auto}
 .chart{min-height:200px}
@@ -108,6 +108,19 @@ class _Page:
         return f'<div class="chart">{div}</div>'
 
 
+def _feature(feature_id: object, label: object, value: float, top_probe: object) -> str:
+    """A feature as a reader needs it: id, label, its part of the effect, and the token it fires on most
+    (the «marked» token of its strongest example, with a few words of context)."""
+    text = f"{feature_id} {label} ({value:+.3g})"
+    probe = "" if top_probe is None or top_probe != top_probe else str(top_probe)
+    if "«" in probe:
+        before, rest = probe.split("«", 1)
+        token, after = rest.split("»", 1) if "»" in rest else (rest, "")
+        words = before.split()[-2:]
+        text += f" fires on “{'… ' if len(before.split()) > 2 else ''}{' '.join(words)} «{token}»”"
+    return text
+
+
 def _policy_section(page: _Page, data: ReportData) -> None:
     parts = page.section("policy", "The symbolic policy")
     fit = data.fit
@@ -150,13 +163,26 @@ def _pairs_section(page: _Page, data: ReportData) -> None:
     if not data.separation.empty:
         parts.append("<h3>Separation of the bad kinds</h3><p class=\"note\">AUC = P(score of a good pair of the same "
                      "prompt kind &gt; score of a bad pair); 0.5 is no signal, below 0.5 inverted.</p>")
-        wide = data.separation.pivot_table(index="score", columns="bad_kind", values="auc").reset_index() \
-            if {"score", "bad_kind", "auc"} <= set(data.separation.columns) else data.separation
-        parts.append(table(wide))
+        parts.append(table(separation_wide(data.separation, data.score_name)))
+
+
+def separation_wide(separation: pd.DataFrame, score_name: str) -> pd.DataFrame:
+    """One row per score, one AUC column per bad kind; the recommended score first, named after what it is."""
+    wide = separation.pivot_table(index="score", columns="bad_kind", values="auc").reset_index()
+    wide.columns.name = None
+    first = wide["score"] == "score"
+    wide.loc[first, "score"] = f"score (recommended: {score_name})"
+    return pd.concat([wide[first], wide[~first]], ignore_index=True)
 
 
 def _mechanism_section(page: _Page, data: ReportData) -> None:
     parts = page.section("mechanism", "Mechanism of the most harmful pairs")
+    parts.append(f'<p class="note">The {TOP_HARMFUL} pairs with the lowest recommended score. Bars: the policy '
+                 'features their score flows through, split into the activation part (the pair changes what the model '
+                 'reads) and the weight part (it changes how refusal depends on the feature). Table: the SAE features '
+                 'that carry their harm (a fit of the pair\'s own shift pattern over probes, after removing the generic '
+                 'push of its response type; negative = harmful), the token each fires on most, and the probe '
+                 'categories where the harm lands.</p>')
     if data.mechanism.empty:
         parts.append('<p class="empty">no mechanism stored</p>')
         return
@@ -165,14 +191,15 @@ def _mechanism_section(page: _Page, data: ReportData) -> None:
     effect = data.mechanism[data.mechanism["source"] == "effect-fit"]
     rows = []
     for pair in harmful.itertuples(index=False):
-        feats = effect[effect["pair_id"] == pair.pair_id]
+        feats = effect[effect["pair_id"] == pair.pair_id].sort_values("rank").head(3)
         land = data.landing[data.landing["pair_id"] == pair.pair_id] if not data.landing.empty else data.landing
         rows.append({"pair_id": pair.pair_id, "kind": getattr(pair, "kind", None), "score": pair.score,
                      "prompt": pair.prompt, "response": pair.response,
-                     "features carrying its harm": "; ".join(f"{r.feature_id} {r.label} ({r.weight_part:+.3g})"
+                     "features carrying its harm": "; ".join(_feature(r.feature_id, r.label, r.weight_part, r.top_probe)
                                                              for r in feats.itertuples()),
-                     "where its harm lands": "; ".join(f"{r.group} (n={r.n_probes}, Δp {r.dp:+.3g})"
-                                                       for r in land.itertuples())})
+                     "where its harm lands": "; ".join(
+                         f"{r.category} ({'harmful' if r.harmful else 'harmless'}, n={r.n_probes}: refusal {r.dp:+.2g})"
+                         for r in land.itertuples())})
     parts.append("<h3>Their text, the features that carry their harm, and the probes where it lands</h3>")
     parts.append(table(pd.DataFrame(rows), text=["prompt", "response", "features carrying its harm",
                                                  "where its harm lands"]))
@@ -190,7 +217,7 @@ def _interference_section(page: _Page, data: ReportData) -> None:
         parts.append('<p class="empty">no pair flagged</p>')
         return
     spill = data.interference_features
-    carriers = {p: "; ".join(f"{r.feature_id} {r.label} ({r.harm:+.3g})" for r in g.itertuples())
+    carriers = {p: "; ".join(_feature(r.feature_id, r.label, r.harm, r.top_probe) for r in g.itertuples())
                 for p, g in spill.groupby("pair_id")} if not spill.empty else {}
     rows = flagged.assign(features=[carriers.get(p, "") for p in flagged["pair_id"]])
     parts.append(table(rows, ["pair_id", "interference", "interference_z", "worst_group", "prompt", "response",
