@@ -42,14 +42,15 @@ def synthesise(source: Path, out: Path, n_pairs: int) -> int:
         for table in tables:
             if table in SKIP:
                 continue
-            cols = {r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE schema_name = 'smda' "
-                                              "AND table_name = ?", [table]).fetchall()}
+            cols = dict(con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = 'smda' "
+                                    "AND table_name = ?", [table]).fetchall())
             replace = ["pair_id || '~' || k AS pair_id"]
-            replace += [f"{c} * (1 + 0.1 * (hash(pair_id || k) % 1000) / 1000.0) AS {c}" for c in SCORES if c in cols]
+            replace += [f"{c} * (1 + 0.1 * (hash(pair_id || k) % 1000) / 1000.0) AS {c}" for c in SCORES
+                        if cols.get(c) in ("DOUBLE", "FLOAT")]
             if "content_hash" in cols:
                 replace.append("content_hash || '~' || k AS content_hash")
             con.execute(f"CREATE TEMP TABLE orig AS SELECT * FROM smda.{table}")
-            con.execute(f"INSERT INTO smda.{table} SELECT * REPLACE ({', '.join(replace)}) "
+            con.execute(f"INSERT INTO smda.{table} SELECT * EXCLUDE (k) REPLACE ({', '.join(replace)}) "
                         f"FROM orig, range(1, {copies + 1}) AS r(k)")
             con.execute("DROP TABLE orig")
         con.execute("COMMIT")
