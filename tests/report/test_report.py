@@ -186,3 +186,29 @@ def _values(array) -> list[float]:
     if isinstance(array, dict):
         return np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"])).tolist()
     return list(array)
+
+
+def test_the_policy_asset_shows_its_coefficients_in_the_dagster_ui(demo_warehouse, tmp_path):
+    import shutil
+
+    import dagster as dg
+    import yaml
+    from PIL import Image
+
+    from conftest import CACHE
+    from smda_assets.assets.probes import policy_assets
+    from smda_assets.resources import SMDAResource
+
+    wh = tmp_path / "warehouse.duckdb"
+    shutil.copy(demo_warehouse, wh)  # the stored readout; the policy is refitted from it
+    cfg = tmp_path / "smda.yaml"
+    cfg.write_text(yaml.safe_dump({"demo": {"cache_dir": CACHE}, "warehouse": str(wh)}))
+    result = dg.materialize([policy_assets], resources={"smda": SMDAResource(config_path=str(cfg))},
+                            instance=dg.DagsterInstance.ephemeral(), selection=["policy", "policy_fit", "feature_labels"])
+    metadata = result.asset_materializations_for_node("policy_assets")[0].metadata
+    markdown = metadata["coefficients"].value
+    formula = rows(wh, "SELECT formula FROM smda.v_policy_fit")["formula"].iloc[0]
+    assert markdown.startswith(f"`{formula}`")
+    [image] = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", markdown)
+    width, height = Image.open(io.BytesIO(base64.b64decode(image))).size
+    assert width > 300 and height > 200
