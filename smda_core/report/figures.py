@@ -66,8 +66,8 @@ def category_gaps(categories: pd.DataFrame) -> go.Figure:
         fig.update_xaxes(range=[0, 1], title_text="mean refusal_prob", row=1, col=col)
     title = "Refusal per probe category" + (f": {html.escape(lowest)} is the most under-refused harmful category"
                                              if lowest else "")
-    fig.update_layout(**LAYOUT, height=max(320, 26 * len(categories) // 2 + 140), title=title,
-                      legend=dict(orientation="h", y=-0.15))
+    fig.update_layout(**{**LAYOUT, "margin": dict(l=10, r=10, t=90, b=40)}, height=max(340, 26 * len(categories) // 2 + 180),
+                      title=dict(text=title, y=0.97), legend=dict(orientation="h", y=-0.28))
     fig.update_yaxes(automargin=True)
     return fig
 

@@ -27,7 +27,7 @@ header{background:#1f2d3d;color:#fff;padding:18px 24px}header h1{margin:0;font-s
 header p{margin:4px 0 0;opacity:.8;font-size:13px}
 nav{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:8px 24px;z-index:10;font-size:14px}
 nav a{margin-right:16px;color:#1f5f9f;text-decoration:none}
-section{background:#fff;border:1px solid #e3e3e3;border-radius:6px;margin:20px 0;padding:12px 20px}
+section{scroll-margin-top:44px;background:#fff;border:1px solid #e3e3e3;border-radius:6px;margin:20px 0;padding:12px 20px}
 h2{font-size:19px;margin:8px 0 4px}h3{font-size:15px;margin:16px 0 4px}
 .formula{font-family:ui-monospace,Menlo,monospace;background:#f4f6f8;padding:10px;border-radius:4px;
  overflow-x:auto;white-space:pre-wrap;font-size:13px}
