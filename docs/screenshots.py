@@ -72,6 +72,12 @@ def ui_shots(warehouse: Path) -> None:
             browser.load(f"http://127.0.0.1:{port}/assets/policy", settle_s=1)
             _wait_text(browser, "coefficients", 120)
             time.sleep(2)
+            browser.evaluate("""(() => { const skip = [...document.querySelectorAll('button')].find(
+                b => b.innerText.trim() === 'Skip'); if (skip) skip.click(); })()""")  # the first-visit newsletter dialog
+            time.sleep(1)
+            browser.evaluate("""(() => { const h = [...document.querySelectorAll('div, span, h3')].find(
+                e => e.children.length === 0 && e.innerText.trim() === 'Metadata'); if (h) h.scrollIntoView(); })()""")
+            time.sleep(1)
             (FIGURES / "ui_policy.png").write_bytes(_shot(browser))
             opened = browser.evaluate("""(() => {
                 const rows = [...document.querySelectorAll('tr')].filter(r => r.innerText.includes('coefficients'));
@@ -99,10 +105,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warehouse", default="warehouse/warehouse.duckdb")
     parser.add_argument("--skip-ui", action="store_true")
+    parser.add_argument("--skip-report", action="store_true")
     args = parser.parse_args()
     warehouse = Path(args.warehouse).resolve()
     FIGURES.mkdir(parents=True, exist_ok=True)
-    report_shots(warehouse.with_name(warehouse.stem + ".files") / "report.html")
+    if not args.skip_report:
+        report_shots(warehouse.with_name(warehouse.stem + ".files") / "report.html")
     if not args.skip_ui:
         ui_shots(warehouse)
     print("\n".join(str(p) for p in sorted(FIGURES.glob("report*.png")) + sorted(FIGURES.glob("ui_*.png"))))

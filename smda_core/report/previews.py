@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from smda_core.report import plots
 
-DPI = 72
+DPI = 90
 KIND_COLOURS = {"harmful_refusal": "#2471a3", "harmless_compliance": "#27ae60", "harmful_compliance": "#c0392b",
                 "harmless_refusal": "#8e44ad", "harmless_trigger": "#e67e22"}
 
