@@ -212,3 +212,28 @@ def test_the_policy_asset_shows_its_coefficients_in_the_dagster_ui(demo_warehous
     [image] = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", markdown)
     width, height = Image.open(io.BytesIO(base64.b64decode(image))).size
     assert width > 300 and height > 200
+
+
+def test_curation_and_validation_are_drawn_when_stored(demo_report):
+    """Curation and LDS rows (none in the demo warehouse until `smda curate` / `smda validate` run): the latest
+    experiment's F1 per variant is what the chart draws, and the validation rows are tabled."""
+    import dataclasses
+
+    from smda_core.report.html import render_report
+
+    written, _ = demo_report
+    curation = pd.DataFrame({
+        "experiment_id": ["old"] * 2 + ["new"] * 4, "rule": ["oracle"] * 2 + ["quantitative:score"] * 4,
+        "variant": ["full", "oracle", "full", "oracle", "curated", "random_seed_0"], "n_pairs": [200, 170, 200, 170, 180, 180],
+        "correctness": 0.8, "precision": 0.8, "recall": 0.8, "f1": [0.1, 0.2, 0.71, 0.78, 0.75, 0.70],
+        "refusal_accuracy": 0.9, "created_at": pd.Timestamp("2026-01-01")})
+    validation = pd.DataFrame({"check": ["lds"], "method": ["refit"], "score": ["dy_harmful"], "n": [8],
+                               "spearman": [0.48], "detail": ["8 subsets of 50%"], "created_at": pd.Timestamp("2026-01-01")})
+    page, n_figures, _ = render_report(dataclasses.replace(written.data, curation=curation, validation=validation))
+    assert n_figures == written.n_figures + 1
+    chart = next(f for f in _figures(page) if "Curation" in json.dumps(f["layout"]["title"]))
+    [bars] = chart["data"]
+    assert bars["x"] == ["full", "oracle", "curated", "random_seed_0"]
+    np.testing.assert_allclose(_values(bars["y"]), [0.71, 0.78, 0.75, 0.70])
+    section = page[page.index('<section id="validation">'):]
+    assert "<td>lds</td>" in section and "8 subsets of 50%" in section and "no tier agreement stored" in section
