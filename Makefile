@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: venv demo real test bench clean
+.PHONY: venv demo real test bench clean browser
 
 venv: $(VENV)/.installed
 
@@ -29,13 +29,22 @@ demo: venv
 real: venv
 	$(VENV)/bin/smda world smollm2
 
-test: venv
+test: venv browser
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# Debian's chromium for the report's browser test (tests/report/test_browser.py), installed when missing and
+# possible (root, apt-get); otherwise that test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+	    apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium is not installed (needs root and apt-get): the report's browser test will be skipped"
 
 bench: venv
 	$(PY) benchmarks/extract_speed.py
 	$(PY) benchmarks/shift_speed.py
 	$(PY) benchmarks/partitions_parallel.py
+	$(PY) benchmarks/report_size.py
 
 clean:
 	rm -rf $(VENV) .cache warehouse .dagster_home

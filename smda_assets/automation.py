@@ -40,8 +40,8 @@ observe_job = dg.define_asset_job(
     description="Record the inputs' content hashes (data versions): what changed makes its dependents stale")
 refresh_job = dg.define_asset_job(
     "refresh", selection=dg.AssetSelection.assets(*INPUT_KEYS, *PROBE_KEYS, "loaded_batches", "dataset_metadata", "views",
-                                        "plots"),
-    description="Observe the inputs, re-read the probes, refit the policy, reload batches, re-apply the views, redraw")
+                                        "plots", "report"),
+    description="Observe the inputs, re-read the probes, refit the policy, reload batches, re-apply the views, redraw, rewrite the report")
 
 
 def new_batch_requests(smda: SMDAResource, instance: dg.DagsterInstance) -> tuple[list[str], list[str], dict]:

@@ -66,10 +66,12 @@ def _warehouse(config: str | None, warehouse: str | None) -> Path:
 
 
 @app.command()
-def demo(warehouse: WarehouseOpt = None) -> None:
-    """Build the demo world if not cached, materialise every asset, show the policy and example queries."""
-    _materialize(None, warehouse)
-    path = _warehouse(None, warehouse)
+def demo(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
+    """Build the demo world if not cached, materialise every asset, show the policy and example queries.
+
+    `--config` takes another recipe (a `demo:` section, any other setting) without leaving the demo."""
+    _materialize(config, warehouse)
+    path = _warehouse(config, warehouse)
     _show_policy(path)
     from smda_core.store.query import query
 
@@ -80,8 +82,9 @@ def demo(warehouse: WarehouseOpt = None) -> None:
         print_rows(query(path, sql))
     from smda_assets.resources import SMDAResource
 
-    console.print(f"figures (policy, categories, pathways, interference): "
-                  f"{SMDAResource(warehouse_path=str(path)).plots}/*.png")
+    resource = SMDAResource(warehouse_path=str(path))
+    console.print(f"figures (policy, categories, pathways, interference): {resource.plots}/*.png")
+    console.print(f"report (open it in a browser, or send it): {resource.report}")
 
 
 def _materialize(config: str | None, warehouse: str | None) -> None:
@@ -391,6 +394,20 @@ def plot(config: ConfigOpt = None, warehouse: WarehouseOpt = None,
     written = write_plots(path, out or SMDAResource(warehouse_path=str(path)).plots)
     for name, file in written.items():
         console.print(f"{name}: {file}")
+
+
+@app.command()
+def report(config: ConfigOpt = None, warehouse: WarehouseOpt = None,
+           out: Annotated[str | None, typer.Option("--out", help="HTML file (default: <warehouse stem>.files/report.html)")] = None) -> None:
+    """Write one self-contained HTML report of the warehouse (readable offline): policy, category gaps, pairs,
+    mechanism, interference, tiers and validation."""
+    from smda_assets.resources import SMDAResource
+    from smda_core.report.html import write_report
+
+    path = _warehouse(config, warehouse)
+    written = write_report(path, out or SMDAResource(warehouse_path=str(path)).report, progress=True)
+    console.print(f"report: {written.path} ({written.n_bytes / 1e6:.1f} MB, {written.n_figures} figures, "
+                  f"{written.seconds:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,11 @@ def sae_train(config: Annotated[str | None, typer.Option("--config", "-c", help=
              "n_tokens": tokens, "steps": steps}
     cfg = load_config(config, sae_training={k_: (tuple(v) if isinstance(v, list) else v) for k_, v in given.items() if v is not None})
     path, report = train_sae(cfg)
+    from smda_core.model.sae_training import short_corpus_warning
+
+    short = short_corpus_warning(report, cfg.sae_training.n_tokens)
+    if short:
+        console.print(f"[yellow]warning:[/] {escape(short)}", soft_wrap=True)
     if out:
         shutil.copytree(path, out, dirs_exist_ok=True)
     console.print(f"SAE at {out or path} ({report['architecture']}, d_sae={report['d_sae']}, {report['hook_name']}): "

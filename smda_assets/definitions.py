@@ -14,11 +14,12 @@ from smda_assets.assets.curation import curation_experiment
 from smda_assets.assets.inputs import INPUT_ASSETS
 from smda_assets.assets.pairs import loaded_batches, pair_attribution_assets, pair_shifts, sft_pairs
 from smda_assets.assets.probes import features_are_finite, policy_assets, probe_readout
+from smda_assets.assets.report import report
 from smda_assets.assets.views import dataset_metadata, plots, views
 from smda_assets.automation import batch_job, build_automation, observe_job, refresh_job
 from smda_assets.resources import SMDAResource
 
-PROBE_ASSETS = [probe_readout, policy_assets, views, dataset_metadata, plots]
+PROBE_ASSETS = [probe_readout, policy_assets, views, dataset_metadata, plots, report]
 PAIR_ASSETS = [sft_pairs, pair_shifts, pair_attribution_assets, loaded_batches]
 
 

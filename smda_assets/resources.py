@@ -96,6 +96,11 @@ class SMDAResource(dg.ConfigurableResource):
         """Where the `plots` asset and `smda plot` write the figures of this warehouse's views."""
         return self.files / "plots"
 
+    @property
+    def report(self) -> Path:
+        """Where the `report` asset writes this warehouse's HTML report (`smda report` by default too)."""
+        return self.files / "report.html"
+
     def readout(self):
         """The stored probe readout (`ProbeScores`, probes table, readout info), read back from DuckDB."""
         from smda_core.store.tables import read_probe_readout

@@ -209,8 +209,8 @@ def _ingest(resource: SMDAResource, instance: dg.DagsterInstance, *, workers: in
     if report.ran:
         say(f"{len(report.ran)} batch(es): {', '.join(report.ran)}" + (f" ({workers} at a time)" if workers > 1 else ""))
     report.failed = run_batches(report.ran, resource, instance, workers, verbose=verbose, checks=checks)
-    say("loading batches, applying views, drawing plots")
-    report.load_error = _run(resource, instance, ["loaded_batches", "dataset_metadata", "views", "plots"],
+    say("loading batches, applying views, drawing plots, writing the report")
+    report.load_error = _run(resource, instance, ["loaded_batches", "dataset_metadata", "views", "plots", "report"],
                              raise_on_error=False, verbose=verbose, checks=checks)
     report.retired = retirable(instance.get_dynamic_partitions(sft_batches.name), resource.warehouse, report.batches)
     for batch in report.retired:  # superseded just now by the loader: nothing should recompute them

@@ -12,7 +12,7 @@ inputs need not have been observed. A result is
   everything downstream of a stale result is stale too, not only the next step;
 - 'fresh' otherwise.
 
-Results with no content version of their own (the loader, views, metadata, plots, the curation
+Results with no content version of their own (the loader, views, metadata, plots, report, the curation
 experiment) are 'missing' if never materialised and 'stale' if an upstream result is stale or
 missing, or was materialised after them (they were built from an older one); else 'fresh'.
 

@@ -41,20 +41,6 @@ def policy(runtime, probe_scores):
     return fit_policy(probe_scores, runtime.config.policy)
 
 
-@pytest.fixture(scope="session")
-def demo_warehouse(tmp_path_factory):
-    """The whole default demo (every pair) materialised by Dagster into a temporary warehouse, once per session."""
-    import yaml
-
-    from smda_assets.run import materialize_all
-
-    tmp = tmp_path_factory.mktemp("demo")
-    cfg = tmp / "smda.yaml"
-    cfg.write_text(yaml.safe_dump({"demo": {"cache_dir": CACHE}, "warehouse": str(tmp / "warehouse.duckdb")}))
-    materialize_all(str(cfg))
-    return cfg, tmp / "warehouse.duckdb"
-
-
 def smda(*args: str, cwd: str | Path | None = None, env: dict | None = None, timeout: float = 600):
     """The `smda` command as a user runs it: a fresh process on this checkout's code, stdout and stderr together.
 
@@ -92,3 +78,33 @@ def smda_here(*args: str, cwd: str | Path | None = None, env: dict | None = None
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return types.SimpleNamespace(returncode=result.exit_code, stdout=result.output)
+
+
+@pytest.fixture(scope="session")
+def demo_warehouse(tmp_path_factory) -> Path:
+    """The default demo world's whole warehouse (every asset, all 200 pairs), built once per session; tests only read
+    it. SMDA_TEST_WAREHOUSE names an already built one (e.g. warehouse/warehouse.duckdb after `smda demo`) to copy."""
+    import shutil
+
+    tmp = tmp_path_factory.mktemp("demo-wh")
+    given = os.environ.get("SMDA_TEST_WAREHOUSE")
+    if given:
+        shutil.copy(given, tmp / "warehouse.duckdb")
+        return tmp / "warehouse.duckdb"
+    import yaml
+
+    from smda_assets.run import materialize_all
+
+    cfg = tmp / "smda.yaml"
+    cfg.write_text(yaml.safe_dump({"demo": {"cache_dir": CACHE}, "warehouse": str(tmp / "warehouse.duckdb")}))
+    materialize_all(str(cfg))
+    return tmp / "warehouse.duckdb"
+
+
+@pytest.fixture(scope="session")
+def demo_report(demo_warehouse, tmp_path_factory):
+    """The HTML report of :func:`demo_warehouse`, written once: (write_report's result, the page's text)."""
+    from smda_core.report.html import write_report
+
+    written = write_report(demo_warehouse, tmp_path_factory.mktemp("report") / "report.html")
+    return written, written.path.read_text(encoding="utf-8")

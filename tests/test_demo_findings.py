@@ -24,7 +24,7 @@ def auc_by_counting(good: np.ndarray, bad: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def pairs(demo_warehouse) -> pd.DataFrame:
-    _, wh = demo_warehouse
+    wh = demo_warehouse
     return query(wh, "SELECT s.*, p.kind, p.prompt FROM smda.v_pair_summary s JOIN smda.v_sft_pairs p USING (pair_id)").to_pandas()
 
 
@@ -36,7 +36,7 @@ def test_the_recommended_score_finds_every_kind_of_bad_pair(pairs):
 
 
 def test_the_recommended_score_adds_up_over_its_features(pairs, demo_warehouse):
-    _, wh = demo_warehouse
+    wh = demo_warehouse
     name = query(wh, "SELECT score_name FROM smda.v_policy_fit").to_pylist()[0]["score_name"]
     rows = query(wh, "SELECT pair_id, weight_part FROM smda.v_pair_mechanism WHERE score = ? AND source LIKE 'effect-fit%'",
                  [name]).to_pandas()
@@ -48,10 +48,10 @@ def test_the_recommended_score_adds_up_over_its_features(pairs, demo_warehouse):
 
 
 def test_trigger_pairs_are_named_by_the_phrase_features(pairs, demo_warehouse):
-    cfg, wh = demo_warehouse
     from smda_core.config import load_config
 
-    phrase = load_config(str(cfg)).demo.trigger_phrase.lower()
+    wh = demo_warehouse
+    phrase = load_config(None).demo.trigger_phrase.lower()  # the demo_warehouse fixture builds the default recipe
     probes = query(wh, "SELECT probe_id, prompt FROM smda.v_probe_scores").to_pandas()
     with_phrase = set(probes.probe_id[probes.prompt.str.lower().str.contains(phrase, regex=False)])
     feats = query(wh, "SELECT probe_id, feature_id, activation FROM smda.v_features WHERE position = 'user_max'").to_pandas()
@@ -72,3 +72,17 @@ def test_the_interference_flag_is_rare_among_good_pairs_and_finds_trigger_pairs(
                           pairs.loc[pairs.kind == "harmless_compliance", "interference"].to_numpy())
     print("interference AUC trigger vs good harmless", round(auc, 3))
     assert auc >= 0.8
+
+
+def test_named_features_show_their_strongest_probe_with_the_token_marked(pairs, demo_warehouse):
+    wh = demo_warehouse
+    named = sorted(set(pairs["harm_feature"].dropna().astype(int)))
+    ex = query(wh, "SELECT feature_id, probe_id, activation, token, marked_text FROM smda.v_feature_examples WHERE rank = 1").to_pandas()
+    top = query(wh, "SELECT feature_id, max(activation) AS best FROM smda.v_features WHERE position = 'user_max' "
+                    "GROUP BY feature_id").to_pandas().set_index("feature_id")["best"]
+    prompts = query(wh, "SELECT probe_id, prompt FROM smda.v_probe_scores").to_pandas().set_index("probe_id")["prompt"]
+    ex = ex.set_index("feature_id")
+    for f in named:
+        row = ex.loc[f]
+        assert row.activation == pytest.approx(top[f], rel=1e-12)  # the strongest activation over every probe's tokens
+        assert f"«{row.token}»" in row.marked_text and row.token.lower() in prompts[row.probe_id].lower()

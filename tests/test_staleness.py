@@ -17,7 +17,7 @@ from test_incremental import Setup, _write_jsonl, demo_rows, demo_sources  # noq
 POLICY = ["policy", "policy_fit", "feature_labels"]
 PAIRS = ["pair_shifts", "pair_attribution", "pair_summary"]
 READOUT = ["probes", "features", "behaviour_scores"]
-UNVERSIONED = ["loaded_batches", "dataset_metadata", "views", "plots"]
+UNVERSIONED = ["loaded_batches", "dataset_metadata", "views", "plots", "report"]
 
 
 def _inputs(**changed) -> dict[str, str]:

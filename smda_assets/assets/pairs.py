@@ -108,7 +108,8 @@ def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResourc
                                **versions["pair_attribution"])
     yield dg.MaterializeResult(asset_key="pair_summary", metadata={
         **table_metadata(tables["pair_summary"]), "flagged_share": float(summary["flagged"].mean()),
-        "most_interfering": dg.MetadataValue.md(top.to_markdown(index=False) if _has_tabulate() else top.to_string(index=False))},
+        "most_interfering": dg.MetadataValue.md(top.to_markdown(index=False) if _has_tabulate() else top.to_string(index=False)),
+        "scores": _scores_preview(summary, pairs, cfg.attribution.score)},
         **versions["pair_summary"])
     attributed = tables["pair_attribution"].select(["pair_id", "method"]).to_pylist()
     per_method = {m: len({r["pair_id"] for r in attributed if r["method"] == m}) for m in cfg.attribution.methods}
@@ -133,6 +134,16 @@ def loaded_batches(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.
     return dg.MaterializeResult(metadata={"loaded": ", ".join(report.loaded) or "-", "n_loaded": len(report.loaded),
                                           "unchanged": len(report.unchanged), "not_staged": ", ".join(report.not_staged) or "-",
                                           "superseded": ", ".join(report.superseded) or "-"})
+
+
+def _scores_preview(summary, pairs, score_name: str) -> dg.MetadataValue:
+    """The batch's pairs, recommended score against the paper's alignment (coloured by `kind` where the pairs
+    carry one), as Markdown for the UI."""
+    from smda_core.report.previews import pairs_markdown
+
+    if "kind" in pairs.column_names:
+        summary = summary.merge(pairs.select(["pair_id", "kind"]).to_pandas(), on="pair_id", how="left")
+    return dg.MetadataValue.md(pairs_markdown(summary, score_name))
 
 
 def _has_tabulate() -> bool:

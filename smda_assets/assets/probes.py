@@ -77,7 +77,8 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
     fit = {"lambda": policy.lam, "r2": policy.r2, "loo_r2": policy.loo_r2, "accuracy": policy.accuracy,
            "majority_baseline": policy.majority_baseline, "k": policy.k}
     yield dg.MaterializeResult(asset_key="policy", metadata={**table_metadata(tables["policy_features"]),
-                                                              "formula": dg.MetadataValue.md(f"`{text}`")},
+                                                              "formula": dg.MetadataValue.md(f"`{text}`"),
+                                                              "coefficients": _coefficients_preview(tables, text)},
                                **version)
     yield dg.MaterializeResult(asset_key="policy_fit", metadata={**table_metadata(tables["policy_fit"]), **fit},
                                **version)
@@ -89,6 +90,15 @@ def policy_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
         severity=dg.AssetCheckSeverity.WARN,
         description=None if passed else next(w for w in policy.warnings if "majority baseline" in w),
         metadata={"accuracy": policy.accuracy, "majority_baseline": policy.majority_baseline})
+
+
+def _coefficients_preview(tables: dict, formula: str) -> dg.MetadataValue:
+    """The formula and a bar chart of the largest coefficients with their labels, as Markdown for the UI."""
+    from smda_core.report.previews import policy_markdown
+
+    features = tables["policy_features"].select(["feature_id", "coef"]).to_pandas()
+    labels = tables["feature_labels"].select(["feature_id", "label"]).to_pandas()
+    return dg.MetadataValue.md(policy_markdown(features.merge(labels, on="feature_id", how="left"), formula))
 
 
 @dg.asset_check(asset="features", description="No NaN or infinite activation was stored")

@@ -240,7 +240,8 @@ class ActivationStore:
         if idx < 2:
             raise ValueError(f"corpus too small: {n_tok} activation tokens, need more than eval_tokens={spec.eval_tokens}")
         info = {"n_tokens_train": n_tok - int(torch.load(self.chunks()[0], weights_only=True)["acts"].shape[0]),
-                "n_chunks": idx, "start_position": start_pos, "n_sequences_used": min(len(seqs), next_seq + consumed)}
+                "n_chunks": idx, "start_position": start_pos, "n_sequences_used": min(len(seqs), next_seq + consumed),
+                "corpus_exhausted": n_tok < target}
         self.manifest.write_text(json.dumps(info, indent=2))
         return info
 
@@ -431,6 +432,7 @@ def train_sae_on_model(model_path: str | Path, rows: list[dict], spec: SAETraini
     sae = _to_sae_lens(trainable, scale, hook_name, str(model_path))
     report = evaluate_sae(sae, iter([store.eval_chunk()])).as_dict()
     report.update({"architecture": spec.architecture, "hook_name": hook_name, "n_tokens_train": info["n_tokens_train"],
+                   "n_tokens_requested": spec.n_tokens, "corpus_exhausted": bool(info.get("corpus_exhausted", False)),
                    "n_tokens_eval": report.pop("n_tokens"), "start_position": info["start_position"],
                    "input_scale": scale, "steps": spec.steps, "key": key, "spec": spec.model_dump(mode="json"),
                    "seconds": {"collect": t_collect - t0, "train": time.perf_counter() - t_collect}})
@@ -442,6 +444,20 @@ def train_sae_on_model(model_path: str | Path, rows: list[dict], spec: SAETraini
     (root / "report.json").write_text(json.dumps(report, indent=2))
     ckpt.unlink(missing_ok=True)
     return out, report
+
+
+def short_corpus_warning(report: dict, n_tokens: int) -> str | None:
+    """A sentence when the SAE saw fewer activation tokens than asked (the corpus ran out), else None.
+
+    Training then repeats the tokens it has: the SAE may be over-fitted and its features fewer or noisier
+    than the setting promises, which a user should hear about rather than find out.
+    """
+    got = int(report.get("n_tokens_train", n_tokens))
+    # the held-out chunk can take a batch more than eval_tokens, so "fewer" alone is no sign; running out is
+    if not report.get("corpus_exhausted", got < 0.9 * n_tokens):
+        return None
+    return (f"the corpus gave {got:,} training tokens of the {n_tokens:,} asked for (sae_training.n_tokens): the SAE "
+            f"repeats them over its steps; add corpus files (--corpus) or lower --tokens")
 
 
 def read_corpus(files) -> list[dict]:

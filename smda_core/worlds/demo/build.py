@@ -1,11 +1,15 @@
 """Build the demo world on disk: tokenizer, tiny Llama chat model, TopK SAE, probes, SFT pairs.
 
-Deterministic from the recipe; cached in `<cache_dir>/<recipe hash>/` and written
-atomically (a crash mid-build leaves no half world behind).
+Deterministic from the recipe; cached in `<cache_dir>/<recipe hash>/` and published
+atomically (a crash mid-build leaves no half world behind). The build runs in
+`<recipe hash>.partial/` in stages (model, then SAE), each finished stage marked by a file
+written last: an interrupted build resumes from the last finished stage instead of starting over,
+and a second build of the same recipe waits for the first (a lock file) and then finds it built.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -26,6 +30,7 @@ from smda_core.model.training import make_optimizer, pad_sequences, sft_batch, t
 log = logging.getLogger(__name__)
 
 BUILDER_VERSION = 5
+MODEL_STEPS, SAE_STEPS = 800, 1500  # optimiser steps of the demo model and of its SAE (tests shrink them)
 HOOK_LAYER = 2  # middle block of 4 (zero-based): output of model.layers[2]
 SPECIALS = ["<|pad|>", "<|unk|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
@@ -80,15 +85,16 @@ def ensure_demo_world(demo: DemoSection, *, progress: bool = True) -> DemoPaths:
     paths = world_paths(demo)
     if paths.report.exists():
         return paths
-    tmp = paths.root.with_name(paths.root.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        build_demo_world(demo, DemoPaths(tmp), progress=progress)
+    paths.root.parent.mkdir(parents=True, exist_ok=True)
+    with open(paths.root.with_name(paths.root.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per recipe; the next one finds the world built
+        if paths.report.exists():
+            return paths
+        partial = paths.root.with_name(paths.root.name + ".partial")
+        partial.mkdir(exist_ok=True)
+        build_demo_world(demo, DemoPaths(partial), progress=progress)  # resumes from the stages already done
         shutil.rmtree(paths.root, ignore_errors=True)
-        tmp.rename(paths.root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        partial.rename(paths.root)
     return paths
 
 
@@ -155,7 +161,7 @@ def _train_sae(model, tokenizer, data, *, seed: int, progress: bool):
 
     acts = _residuals(model, data[:4000], HOOK_LAYER, tokenizer.pad_token_id)
     return train_topk_sae(acts, d_sae=512, k=16, hook_name=f"blocks.{HOOK_LAYER}.hook_resid_post",
-                          model_name="smda-demo-llama", steps=1500, seed=seed, progress=progress)
+                          model_name="smda-demo-llama", steps=SAE_STEPS, seed=seed, progress=progress)
 
 
 def demo_sae_for_seed(demo: DemoSection, seed: int, *, progress: bool = True) -> Path:
@@ -191,27 +197,57 @@ def make_demo_world(demo: DemoSection) -> recipe.World:
         raise ConfigError(f"demo: {exc}") from None
 
 
-def build_demo_world(demo: DemoSection, paths: DemoPaths, *, progress: bool = True) -> dict:
-    """Write every artefact of the demo world into `paths.root`; returns the build report."""
+def _model_stage(demo: DemoSection, world: recipe.World, paths: DemoPaths, *, progress: bool):
+    """The trained demo model and tokenizer: loaded when an earlier build saved them, else trained and saved.
+
+    Returns (model, tokenizer, stage record); the record (`model_stage.json`, written last) marks the stage done.
+    """
+    done = paths.root / "model_stage.json"
+    if done.exists():
+        from smda_core.model.loading import load_model
+
+        log.info("demo world: resuming after the model stage (%s)", paths.model)
+        model, tokenizer = load_model(str(paths.model))
+        return model, tokenizer, json.loads(done.read_text())
     t0 = time.perf_counter()
     torch.manual_seed(demo.seed)
-    world = make_demo_world(demo)
     texts = [c["prompt"] + " " + c["response"] for c in world.corpus]
     texts += [p["prompt"] for p in world.probes] + [p["prompt"] + " " + p["response"] for p in world.pairs]
     texts += list(recipe.REFUSAL_OPENINGS + recipe.COMPLIANCE_OPENINGS)
     tokenizer = _tokenizer(texts)
-    vocab_size = max(tokenizer.get_vocab().values()) + 1  # WordLevel can leave gaps in ids
-    model = _model(vocab_size, tokenizer, demo.seed)
+    model = _model(max(tokenizer.get_vocab().values()) + 1, tokenizer, demo.seed)
     data = _encode_conversations(tokenizer, world.corpus)
-    final_loss = _train_model(model, data, seed=demo.seed, steps=800, batch_size=64,
+    final_loss = _train_model(model, data, seed=demo.seed, steps=MODEL_STEPS, batch_size=64,
                               pad_id=tokenizer.pad_token_id, progress=progress)
-    t_model = time.perf_counter()
+    shutil.rmtree(paths.model, ignore_errors=True)  # a half-written folder of an interrupted save
     model.save_pretrained(paths.model)
     tokenizer.save_pretrained(paths.model)
+    stage = {"final_train_loss": final_loss, "seconds": time.perf_counter() - t0}
+    done.write_text(json.dumps(stage))
+    return model, tokenizer, stage
 
+
+def _sae_stage(demo: DemoSection, world: recipe.World, paths: DemoPaths, model, tokenizer, *, progress: bool) -> dict:
+    """The demo SAE (trained and saved unless an earlier build did); returns its stage record (`sae_stage.json`)."""
+    done = paths.root / "sae_stage.json"
+    if done.exists() and (paths.sae / "cfg.json").exists():
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    data = _encode_conversations(tokenizer, world.corpus)
     sae, sae_report = _train_sae(model, tokenizer, data, seed=demo.seed, progress=progress)
+    shutil.rmtree(paths.sae, ignore_errors=True)
     sae.save_model(str(paths.sae))
-    t_sae = time.perf_counter()
+    stage = {"sae": sae_report.as_dict(), "seconds": time.perf_counter() - t0}
+    done.write_text(json.dumps(stage))
+    return stage
+
+
+def build_demo_world(demo: DemoSection, paths: DemoPaths, *, progress: bool = True) -> dict:
+    """Write every artefact of the demo world into `paths.root`; returns the build report."""
+    world = make_demo_world(demo)
+    model, tokenizer, model_stage = _model_stage(demo, world, paths, progress=progress)
+    vocab_size = max(tokenizer.get_vocab().values()) + 1  # WordLevel can leave gaps in ids
+    sae_stage = _sae_stage(demo, world, paths, model, tokenizer, progress=progress)
 
     write_jsonl(paths.probes, world.probes)
     paths.sft_dir.mkdir(parents=True, exist_ok=True)
@@ -224,9 +260,10 @@ def build_demo_world(demo: DemoSection, paths: DemoPaths, *, progress: bool = Tr
         "compliance_openings": list(recipe.COMPLIANCE_OPENINGS),
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": vocab_size,
-        "final_train_loss": final_loss,
-        "sae": sae_report.as_dict(),
-        "seconds": {"model": t_model - t0, "sae": t_sae - t_model, "total": time.perf_counter() - t0},
+        "final_train_loss": model_stage["final_train_loss"],
+        "sae": sae_stage["sae"],
+        "seconds": {"model": model_stage["seconds"], "sae": sae_stage["seconds"],
+                    "total": model_stage["seconds"] + sae_stage["seconds"]},
     }
     # What downstream code may read (the planted category is in the report only, for humans and tests).
     paths.world.write_text(json.dumps({"hook_layer": HOOK_LAYER, "refusal_openings": list(recipe.REFUSAL_OPENINGS),
