@@ -44,7 +44,7 @@ class ReportData:
 
     @property
     def score_name(self) -> str:
-        return str(self.fit.get("score_name") or "margin_shift")
+        return str(self.fit.get("score_name") or "specific_shift")
 
     @property
     def has_kind(self) -> bool:
@@ -188,7 +188,7 @@ def read_report_data(warehouse: str | Path) -> ReportData:
     with reading(warehouse) as con:
         fit = read_fit(con)
         pairs = read_pairs(con)
-        score_name = str(fit.get("score_name") or "margin_shift")
+        score_name = str(fit.get("score_name") or "specific_shift")
         harmful = pairs.nsmallest(TOP_HARMFUL, "score")["pair_id"].astype(str).tolist() if not pairs.empty else []
         flagged, spill = read_interference(con)
         return ReportData(

@@ -85,7 +85,8 @@ def test_the_recommended_score_separates_every_bad_kind(demo_report, demo_wareho
         auc = roc_auc_score(sub["kind"] == good[harmful], sub["score"])  # P(good scores above bad)
         assert auc > 0.9, (bad, auc)
         assert table[bad] == pytest.approx(auc, abs=1e-3)
-    assert "score (recommended: margin_shift)" in page
+    name = rows(demo_warehouse, "SELECT score_name FROM smda.v_policy_fit")["score_name"].iloc[0]
+    assert f"score (recommended: {name})" in page
 
 
 def test_a_trigger_pair_is_shown_with_a_trigger_feature_among_its_top_features(demo_report, demo_warehouse):
@@ -111,8 +112,8 @@ def test_the_heatmap_holds_the_largest_effects(demo_report, demo_warehouse):
     from smda_core.report.data import HEATMAP_FEATURES, HEATMAP_PAIRS
 
     written, _ = demo_report
-    m = rows(demo_warehouse, "SELECT pair_id, feature_id, activation_part + weight_part AS effect "
-                             "FROM smda.v_pair_mechanism WHERE score = 'margin_shift' AND source = 'policy' AND feature_id >= 0")
+    m = rows(demo_warehouse, "SELECT pair_id, feature_id, activation_part + weight_part AS effect FROM smda.v_pair_mechanism "
+                             "WHERE score = (SELECT score_name FROM smda.v_policy_fit) AND source = 'policy' AND feature_id >= 0")
     m["size"] = m["effect"].abs()
     pairs = m.groupby("pair_id")["size"].max().sort_values(ascending=False).head(HEATMAP_PAIRS).index
     features = m.groupby("feature_id")["size"].max().sort_values(ascending=False).head(HEATMAP_FEATURES).index
