@@ -335,6 +335,24 @@ def validate_stability(sae_seeds: Annotated[int, typer.Option(help="SAEs that di
     print_rows(table.select(["check", "method", "score", "n", "spearman"]), "Stability across SAE seeds (spearman = value)")
 
 
+@validate_app.command("agreement")
+def validate_agreement(features: Annotated[bool, typer.Option(help="also one row per policy feature for Δβ and its pathways")] = False,
+                       config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
+    """Agreement of the cheaper tier (shifts.method) with the exact tier on the validate.sample pairs (v_method_agreement).
+
+    The rows are computed when the pairs are attributed (asset pair_attribution); run `smda ingest` with
+    shifts.method=gradient (or screen) and validate.sample=N to fill them."""
+    from smda_core.store.query import query
+
+    where = "" if features else "WHERE feature_id IS NULL"
+    rows = query(_warehouse(config, warehouse), "SELECT batch_id, method, reference, score, feature_id, n_pairs, spearman, "
+                 f"median_rel_err FROM smda.v_method_agreement {where} ORDER BY batch_id, method, score, feature_id")
+    if rows.num_rows == 0:
+        raise SMDAError("v_method_agreement is empty: set shifts.method to gradient or screen and validate.sample to the "
+                        "number of pairs also measured exactly, then run smda ingest")
+    print_rows(rows, "agreement with the exact tier (spearman across pairs; median relative error)")
+
+
 @app.command()
 def separation(config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     """How well each pair score separates the deliberately bad pairs from the good ones of the same prompt kind (AUC)."""
