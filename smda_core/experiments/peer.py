@@ -56,6 +56,10 @@ def tracin_harmful_refusal(model, tokenizer, pairs: Sequence[tuple[str, str]], h
 
     task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict(), target_func=target_func)
     attributor = TracInAttributor(task=task, weight_list=torch.tensor([lr]), normalized_grad=False)
+    # dattri 0.3 projects both gradients to 512 random dimensions by default (projector_kwargs=None still means
+    # its DEFAULT_PROJECTOR_KWARGS): the dot product of near-orthogonal gradients is then mostly projection noise,
+    # the cause of TracIn's disagreement with an exact first-order product. The peer runs unprojected.
+    attributor.projector_kwargs = None
     t0 = time.perf_counter()
     scores = attributor.attribute(DataLoader(TensorDataset(train.input_ids, train.labels), batch_size=32),
                                   DataLoader(TensorDataset(test_ids, last), batch_size=1))
