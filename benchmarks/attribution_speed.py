@@ -1,7 +1,8 @@
 """Seconds per pair and peak memory of the screen, gradient and exact tiers and of dattri's TracIn, in one run.
 
 Each (tier, m) runs in its own process (peak RSS is a per-process high-water mark), on the demo world
-with `--world-pairs` SFT pairs (default 2,000: its own recipe hash, built once and cached), for
+with `--world-pairs` SFT pairs (default 2,000: its own recipe hash, built once and cached; 0 = the
+default world with its pairs repeated up to m, for a machine where no world may be built), for
 m = 200 and m = 2,000 pairs. Beside each tier, the floors measured in the same process: a plain
 forward pass of the pairs (the screen tier's floor) and a plain forward + backward pass of the pairs
 batched as the gradient tier batches them (the floor of any gradient method). The exact tier is timed
@@ -35,8 +36,24 @@ def _rss_mib() -> float:
 def _config(world_pairs: int, projection: int | None):
     from smda_core.config import load_config
 
-    return load_config(None, demo={"cache_dir": str(_world.ROOT / ".cache" / "smda-demo"), "n_pairs": world_pairs},
-                       gradient={"projection": projection})
+    demo = {"cache_dir": str(_world.ROOT / ".cache" / "smda-demo")}
+    if world_pairs:
+        demo["n_pairs"] = world_pairs
+    return load_config(None, demo=demo, gradient={"projection": projection})
+
+
+def _take(pairs, m: int):
+    """The first m pairs; when the world has fewer, its pairs again (ids suffixed), so that m can exceed it."""
+    import pyarrow as pa
+
+    if m <= pairs.num_rows:
+        return pairs.slice(0, m)
+    reps = []
+    for r in range(-(-m // pairs.num_rows)):
+        t = pairs.set_column(pairs.schema.get_field_index("pair_id"), "pair_id",
+                             pa.array([f"{p}#{r}" for p in pairs["pair_id"].to_pylist()]))
+        reps.append(t)
+    return pa.concat_tables(reps).slice(0, m)
 
 
 def _floors(rt, pairs, batch: int) -> dict:
@@ -90,7 +107,7 @@ def worker(tier: str, m: int, world_pairs: int, projection: int | None, exact_pa
     rt = api.load_runtime(cfg, progress=False)
     probes = api.measure_probes(rt, progress=False)
     policy = api.fit_policy(probes, cfg.policy)
-    pairs = api.read_pairs(rt.sources, rt.probes, cfg).slice(0, m)
+    pairs = _take(api.read_pairs(rt.sources, rt.probes, cfg), m)
     out = {"tier": tier, "m": m, "n_probes": policy.n, "k": policy.k, "projection": projection}
     base = _rss_mib()
     if tier == "floors":
@@ -138,7 +155,9 @@ def worker(tier: str, m: int, world_pairs: int, projection: int | None, exact_pa
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--world-pairs", type=int, default=2000)
+    ap.add_argument("--world-pairs", type=int, default=2000,
+                    help="SFT pairs of the demo world (its own recipe, built once); 0 = the default world, its pairs "
+                         "repeated up to m")
     ap.add_argument("--sizes", default="200,2000")
     ap.add_argument("--tiers", default="floors,screen,gradient,exact,tracin")
     ap.add_argument("--projection", type=int, default=0, help="gradient.projection (0 = exact gradients)")

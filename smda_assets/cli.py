@@ -316,11 +316,13 @@ app.add_typer(validate_app, name="validate")
 def validate_lds(subsets: Annotated[int, typer.Option(help="random subsets to fine-tune on")] = 8,
                  fraction: Annotated[float, typer.Option(help="share of the pairs in each subset")] = 0.5,
                  peer: Annotated[bool, typer.Option(help="also score dattri's TracIn (if installed) on the same subsets")] = True,
+                 regime: Annotated[str, typer.Option(help="paper (AdamW, curation settings) | sgd (plain SGD at the shift's lr, "
+                                                          "one pass: what the attribution models) | both")] = "paper",
                  config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     """Counterfactual agreement: Spearman across subsets of actual vs summed per-pair effects; stored in v_validation."""
     from smda_assets.experiments import lds
 
-    table = lds(_checked(config, warehouse), subsets=subsets, fraction=fraction, peer=peer)
+    table = lds(_checked(config, warehouse), subsets=subsets, fraction=fraction, peer=peer, regime=regime)
     print_rows(table.select(["check", "method", "score", "n", "spearman"]), "LDS")
 
 
