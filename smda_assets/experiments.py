@@ -50,11 +50,14 @@ def lds(smda: SMDAResource, *, subsets: int = 8, fraction: float = 0.5, peer: bo
     if regime not in ("paper", "sgd", "both"):
         raise SMDAError(f"--regime {regime}: use paper, sgd or both")
     regimes = ["paper", "sgd"] if regime == "both" else [regime]
-    tables = [_lds_regime(smda, r, subsets=subsets, fraction=fraction, peer=peer, progress=progress) for r in regimes]
+    cache: dict = {}  # the peer's scores do not depend on the regime: computed once
+    tables = [_lds_regime(smda, r, subsets=subsets, fraction=fraction, peer=peer, progress=progress, cache=cache)
+              for r in regimes]
     return pa.concat_tables(tables)
 
 
-def _lds_regime(smda: SMDAResource, regime: str, *, subsets: int, fraction: float, peer: bool, progress: bool) -> pa.Table:
+def _lds_regime(smda: SMDAResource, regime: str, *, subsets: int, fraction: float, peer: bool, progress: bool,
+                cache: dict) -> pa.Table:
     from smda_core.api import load_runtime
     from smda_core.experiments.lds import run_lds
     from smda_core.store.query import query
@@ -75,7 +78,9 @@ def _lds_regime(smda: SMDAResource, regime: str, *, subsets: int, fraction: floa
     margin: dict[str, dict[str, float]] = {}
     for r in summary:
         margin.setdefault(r["method"], {})[r["pair_id"]] = r["margin_shift"]
-    peers = _peer(runtime, scores.harmful, pairs, cfg.shifts.lr) if peer else None
+    if peer and "peer" not in cache:
+        cache["peer"] = _peer(runtime, scores.harmful, pairs, cfg.shifts.lr)
+    peers = cache.get("peer") if peer else None
     settings = cfg.curation if regime == "paper" else cfg.curation.replace(optimizer="sgd", lr=cfg.shifts.lr, epochs=1,
                                                                           batch_size=1, weight_decay=0.0)
     result = run_lds(runtime, policy, scores.harmful, pairs, attributions, {r["pair_id"]: r["dy_harmful"] for r in summary},

@@ -152,3 +152,17 @@ def test_agreement_of_a_tier_with_itself_is_perfect_and_errors_are_relative():
     assert rows.loc["score", "spearman"] == pytest.approx(1.0)
     assert rows.loc["score", "median_rel_err"] == pytest.approx(0.1)
     assert rows.loc["score", "n_pairs"] == 6
+
+
+def test_lds_margin_is_the_change_of_the_log_odds_gap(policy, probe_scores):
+    from smda_core.experiments.lds import SubsetEffect, actual_effect, lds
+
+    h = np.asarray(probe_scores.harmful, dtype=bool)
+    p0 = np.clip(probe_scores.refusal_prob, 1e-3, 1 - 1e-3)
+    p1 = np.clip(p0 + np.where(h, 0.01, -0.005), 1e-3, 1 - 1e-3)
+    logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731
+    e = actual_effect(policy, ("a",), policy.X, policy.y, h, p0, p1)
+    expected = (logit(p1) - logit(p0))[h].mean() - (logit(p1) - logit(p0))[~h].mean()
+    assert e.margin == pytest.approx(expected, rel=1e-9)
+    effects = [SubsetEffect(("a", "b")[: i % 2 + 1], np.zeros(policy.k), 0.0, float(i % 2 + 1)) for i in range(6)]
+    assert lds(effects, {"a": 1.0, "b": 1.0}, "margin")["spearman"] == pytest.approx(1.0)
