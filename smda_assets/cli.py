@@ -319,11 +319,13 @@ app.add_typer(validate_app, name="validate")
 def validate_lds(subsets: Annotated[int, typer.Option(help="random subsets to fine-tune on")] = 8,
                  fraction: Annotated[float, typer.Option(help="share of the pairs in each subset")] = 0.5,
                  peer: Annotated[bool, typer.Option(help="also score dattri's TracIn (if installed) on the same subsets")] = True,
+                 regime: Annotated[str, typer.Option(help="paper (AdamW, curation settings) | sgd (plain SGD at the shift's lr, "
+                                                          "one pass: what the attribution models) | both")] = "paper",
                  config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     """Counterfactual agreement: Spearman across subsets of actual vs summed per-pair effects; stored in v_validation."""
     from smda_assets.experiments import lds
 
-    table = lds(_checked(config, warehouse), subsets=subsets, fraction=fraction, peer=peer)
+    table = lds(_checked(config, warehouse), subsets=subsets, fraction=fraction, peer=peer, regime=regime)
     print_rows(table.select(["check", "method", "score", "n", "spearman"]), "LDS")
 
 
@@ -336,6 +338,24 @@ def validate_stability(sae_seeds: Annotated[int, typer.Option(help="SAEs that di
 
     table, _ = stability(_checked(config, warehouse), sae_seeds=sae_seeds, n_pairs=pairs)
     print_rows(table.select(["check", "method", "score", "n", "spearman"]), "Stability across SAE seeds (spearman = value)")
+
+
+@validate_app.command("agreement")
+def validate_agreement(features: Annotated[bool, typer.Option(help="also one row per policy feature for Δβ and its pathways")] = False,
+                       config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
+    """Agreement of the cheaper tier (shifts.method) with the exact tier on the validate.sample pairs (v_method_agreement).
+
+    The rows are computed when the pairs are attributed (asset pair_attribution); run `smda ingest` with
+    shifts.method=gradient (or screen) and validate.sample=N to fill them."""
+    from smda_core.store.query import query
+
+    where = "" if features else "WHERE feature_id IS NULL"
+    rows = query(_warehouse(config, warehouse), "SELECT batch_id, method, reference, score, feature_id, n_pairs, spearman, "
+                 f"median_rel_err FROM smda.v_method_agreement {where} ORDER BY batch_id, method, score, feature_id")
+    if rows.num_rows == 0:
+        raise SMDAError("v_method_agreement is empty: set shifts.method to gradient or screen and validate.sample to the "
+                        "number of pairs also measured exactly, then run smda ingest")
+    print_rows(rows, "agreement with the exact tier (spearman across pairs; median relative error)")
 
 
 @app.command()

@@ -38,8 +38,26 @@ def _run_id(*parts) -> str:
     return hashlib.sha256("|".join(map(str, (*parts, time.time()))).encode()).hexdigest()[:10]
 
 
-def lds(smda: SMDAResource, *, subsets: int = 8, fraction: float = 0.5, peer: bool = True, progress: bool = True) -> pa.Table:
-    """Counterfactual agreement of the stored attributions with retrained subsets; stored in `smda.validation`."""
+def lds(smda: SMDAResource, *, subsets: int = 8, fraction: float = 0.5, peer: bool = True, progress: bool = True,
+        regime: str = "paper") -> pa.Table:
+    """Counterfactual agreement of the stored attributions with retrained subsets; stored in `smda.validation`.
+
+    `regime`: `paper` (the curation settings: AdamW, 3 epochs; check `lds`), `sgd` (what the attribution models:
+    plain SGD at the shift's learning rate, one pass, one pair per step; check `lds_sgd`) or `both`. Only methods
+    that attributed every pair take part (an exact validation sample does not)."""
+    from smda_core.errors import SMDAError
+
+    if regime not in ("paper", "sgd", "both"):
+        raise SMDAError(f"--regime {regime}: use paper, sgd or both")
+    regimes = ["paper", "sgd"] if regime == "both" else [regime]
+    cache: dict = {}  # the peer's scores do not depend on the regime: computed once
+    tables = [_lds_regime(smda, r, subsets=subsets, fraction=fraction, peer=peer, progress=progress, cache=cache)
+              for r in regimes]
+    return pa.concat_tables(tables)
+
+
+def _lds_regime(smda: SMDAResource, regime: str, *, subsets: int, fraction: float, peer: bool, progress: bool,
+                cache: dict) -> pa.Table:
     from smda_core.api import load_runtime
     from smda_core.experiments.lds import run_lds
     from smda_core.store.query import query
@@ -55,13 +73,25 @@ def lds(smda: SMDAResource, *, subsets: int = 8, fraction: float = 0.5, peer: bo
     attributions: dict[str, dict[str, np.ndarray]] = {}
     for r in query(wh, "SELECT pair_id, feature_id, method, delta_beta FROM smda.v_pair_attribution").to_pylist():
         attributions.setdefault(r["method"], {}).setdefault(r["pair_id"], np.zeros(policy.k))[col[r["feature_id"]]] = r["delta_beta"]
-    summary = query(wh, "SELECT pair_id, dy_harmful, seconds FROM smda.v_pair_summary").to_pylist()
-    peers = _peer(runtime, scores.harmful, pairs, cfg.shifts.lr) if peer else None
+    attributions = {m: a for m, a in attributions.items() if set(pairs) <= set(a)}  # every pair attributed
+    summary = query(wh, "SELECT pair_id, dy_harmful, margin_shift, seconds, method FROM smda.v_pair_summary").to_pylist()
+    margin: dict[str, dict[str, float]] = {}
+    for r in summary:
+        margin.setdefault(r["method"], {})[r["pair_id"]] = r["margin_shift"]
+    if peer and "peer" not in cache:
+        cache["peer"] = _peer(runtime, scores.harmful, pairs, cfg.shifts.lr)
+    peers = cache.get("peer") if peer else None
+    settings = cfg.curation if regime == "paper" else cfg.curation.replace(optimizer="sgd", lr=cfg.shifts.lr, epochs=1,
+                                                                          batch_size=1, weight_decay=0.0)
     result = run_lds(runtime, policy, scores.harmful, pairs, attributions, {r["pair_id"]: r["dy_harmful"] for r in summary},
-                     subsets=subsets, fraction=fraction, settings=cfg.curation,
-                     seconds_per_pair=float(np.mean([r["seconds"] for r in summary])), peer=peers, progress=progress)
-    run_id = _run_id("lds", subsets, fraction)
+                     subsets=subsets, fraction=fraction, settings=settings,
+                     seconds_per_pair=float(np.mean([r["seconds"] for r in summary])), peer=peers, progress=progress,
+                     margin={m: v for m, v in margin.items() if set(pairs) <= set(v) and None not in v.values()})
+    check = "lds" if regime == "paper" else "lds_sgd"
+    run_id = _run_id(check, subsets, fraction)
     table = result.table(run_id)
+    if check != "lds":
+        table = table.set_column(table.schema.get_field_index("check"), "check", pa.array([check] * table.num_rows))
     smda.write({"validation": table}, partition=run_id, key="run_id")
     return table
 
@@ -72,13 +102,16 @@ def _peer(runtime, harmful: np.ndarray, pairs: dict, lr: float) -> dict | None:
         import dattri  # noqa: F401
     except ImportError:
         return None
-    from smda_core.experiments.peer import tracin_harmful_refusal
+    from smda_core.experiments.peer import tracin_harmful_refusal, tracin_margin
 
     ids = sorted(pairs)
     probes = [runtime.encoded[i] for i in np.flatnonzero(harmful)]
     scores, seconds = tracin_harmful_refusal(runtime.model, runtime.tokenizer, [pairs[i] for i in ids], probes,
                                              runtime.refusal_openings, lr=lr)
-    return {"dattri_tracin": {"scores": dict(zip(ids, scores.tolist())), "seconds": seconds}}
+    margin, _ = tracin_margin(runtime.model, runtime.tokenizer, [pairs[i] for i in ids], runtime.encoded, harmful,
+                              runtime.refusal_openings, lr=lr)
+    return {"dattri_tracin": {"scores": dict(zip(ids, scores.tolist())), "seconds": seconds,
+                              "margin": dict(zip(ids, margin.tolist()))}}
 
 
 def stability(smda: SMDAResource, *, sae_seeds: int = 3, n_pairs: int | None = None, first_seed: int | None = None,

@@ -17,19 +17,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from smda_core import inputs
 from smda_core.config import SMDAConfig, load_config
 from smda_core.errors import SMDAError
-from smda_core.model.measurements import PairShifts, ProbeScores
+from smda_core.model.measurements import GradientShifts, PairShifts, ProbeScores
 from smda_core.policy.fit import Policy, fit_policy
 from smda_core.policy.formula import render_formula
 from smda_core.policy.labels import FeatureLabel, auto_labels, merge_labels
 from smda_core.sources import Sources, resolve_sources
 
 __all__ = ["load_config", "resolve_sources", "load_runtime", "measure_probes", "fit_policy", "feature_labels", "formula",
-           "read_pairs", "measure_shifts", "attribute", "train_sae"]
+           "read_pairs", "measure_shifts", "gradient_shifts", "screen_pairs", "attribute", "train_sae"]
 
 
 def load_runtime(config: SMDAConfig | str | Path | None = None, *, progress: bool = True):
@@ -81,36 +82,95 @@ def measure_shifts(runtime, policy: Policy, pairs: pa.Table, *, settings=None, p
                                settings or cfg.shifts, progress=progress)
 
 
-def attribute(policy: Policy, probes: ProbeScores, shifts: PairShifts, pairs: pa.Table | None, config: SMDAConfig):
-    """Δβ by pathway under each configured method, the kind-free scores, mechanism and interference (DESIGN §4)."""
+def _setup(runtime):
+    from smda_core.model.shifts import ProbeSetup
+
+    cfg = runtime.config
+    return ProbeSetup(runtime.encoded, runtime.refusal_openings, runtime.compliance_openings, cfg.behaviour.kind,
+                      cfg.features.position, runtime.hook_layer, runtime.pad_id)
+
+
+def _rows(pairs: pa.Table) -> list[tuple[str, str, str]]:
+    return list(zip(pairs["pair_id"].to_pylist(), pairs["prompt"].to_pylist(), pairs["response"].to_pylist()))
+
+
+def gradient_shifts(runtime, policy: Policy, pairs: pa.Table, *, settings=None, gradient=None, progress: bool = True,
+                    probe_grads=None):
+    """The gradient tier (DESIGN §4 "Three tiers"): first-order ΔY, ΔP per probe and the ΔX pathway of Δβ per pair.
+
+    Returns (GradientShifts, G); pass G back as `probe_grads` to score more pairs against the same policy."""
+    from smda_core.attribution.pathways import via_x_weights
+    from smda_core.model.gradients import measure_gradient_shifts
+
+    cfg = runtime.config
+    scale = np.diag(policy.shift(np.eye(policy.k)))  # ΔZ = ΔX · scale (per feature)
+    weights = via_x_weights(policy.Z, policy.fit) * scale[None, None, :]
+    return measure_gradient_shifts(runtime.model, runtime.tokenizer, runtime.sae, _setup(runtime), policy.feature_ids,
+                                   weights, _rows(pairs), settings or cfg.shifts, gradient or cfg.gradient,
+                                   progress=progress, probe_grads=probe_grads)
+
+
+def screen_pairs(runtime, policy: Policy, pairs: pa.Table):
+    """The screen tier: one forward pass over each pair's prompt; the policy read on it (DESIGN §4 "Three tiers")."""
+    from smda_core.model.gradients import screen_pairs as _screen
+
+    return _screen(runtime.model, runtime.tokenizer, runtime.sae, _setup(runtime), policy.feature_ids, _rows(pairs),
+                   batch_size=runtime.config.shifts.batch_size)
+
+
+def attribute(policy: Policy, probes: ProbeScores, shifts: PairShifts | GradientShifts, pairs: pa.Table | None,
+              config: SMDAConfig):
+    """Δβ by pathway under each configured method, the kind-free scores, mechanism and interference (DESIGN §4).
+
+    Shifts of the gradient tier (`GradientShifts`) give one method, `gradient` (first order, see
+    `attribute_first_order`), and the same scores from their per-probe Δℓ."""
     import dataclasses
 
     import numpy as np
 
-    from smda_core.attribution.pair_scores import dense_features, score_pairs
-    from smda_core.attribution.scores import attribute_pairs
+    from smda_core.attribution.scores import attribute_first_order, attribute_pairs
 
     intended = None
     if pairs is not None and "intended_features" in pairs.column_names:
         intended = [json.loads(v) if v else None for v in pairs["intended_features"].to_pylist()]
     a = config.attribution
+    if isinstance(shifts, GradientShifts):
+        attr = attribute_first_order(policy, shifts.pair_ids, shifts.via_x, shifts.dY, shifts.dP,
+                                     pair_prompt_X=shifts.prompt_X, probe_harmful=probes.harmful,
+                                     probe_category=probes.category, intended=intended, intended_top=a.intended_top,
+                                     method=shifts.method)
+        m, n = shifts.dY.shape
+        scored = _score(policy, probes, shifts, np.broadcast_to(np.zeros(1), (m, n, policy.k)), a.score)
+        # without per-probe ΔX the policy's activation parts are unknown: keep only the effect-fit mechanism rows
+        keep = [i for i, src in enumerate(scored.mechanism["source"]) if src.startswith("effect-fit")]
+        mech = {c: [v[i] for i in keep] for c, v in scored.mechanism.items()}
+        return dataclasses.replace(attr, pair_summary={**attr.pair_summary, **scored.summary}, pair_mechanism=mech,
+                                   completeness={k: v for k, v in scored.completeness.items() if k.endswith("/effect-fit")})
     attr = attribute_pairs(policy, shifts.pair_ids, shifts.dX(config.shifts.delta_x), shifts.dY, shifts.dP,
                            pair_prompt_X=shifts.prompt_X, probe_harmful=probes.harmful, probe_category=probes.category,
                            active_flips=shifts.active_flips, intended=intended, intended_top=a.intended_top,
                            methods=a.methods, primary=a.primary)
     if shifts.response_refuses is None or shifts.prompt_coo is None:
         return attr  # shifts measured before the log-odds scores existed
-    m, n = shifts.dY.shape
-    width = int(max(probes.coo_feature.max(initial=-1), shifts.prompt_coo[1].max(initial=-1),
-                    probes.maxima[1].max(initial=-1) if probes.maxima is not None else -1)) + 1
-    scored = score_pairs(policy, np.asarray(shifts.pair_ids), policy.shift(shifts.dX(config.shifts.delta_x)),
-                         shifts.p_base, shifts.dP, shifts.response_refuses, shifts.prompt_X,
-                         dense_features(shifts.prompt_coo, m, width),
-                         dense_features((probes.coo_probe, probes.coo_feature, probes.coo_value), n, width),
-                         probes.harmful, probes.category, recommended=a.score,
-                         effect_features=dense_features(probes.maxima[:3], n, width) if probes.maxima is not None else None)
+    scored = _score(policy, probes, shifts, policy.shift(shifts.dX(config.shifts.delta_x)), a.score)
     return dataclasses.replace(attr, pair_summary={**attr.pair_summary, **scored.summary},
                                pair_mechanism=scored.mechanism, completeness=scored.completeness)
+
+
+def _score(policy: Policy, probes: ProbeScores, shifts, dZ, recommended: str):
+    """The kind-free scores of measured or first-order shifts: SAE features of the pairs' prompts and of the probes
+    (read position, and each feature's maximum over the request for the effect fit) made dense."""
+    from smda_core.attribution.pair_scores import dense_features, score_pairs
+
+    m, n = shifts.dY.shape
+    maxima = probes.maxima[:3] if probes.maxima is not None else None
+    width = int(max(probes.coo_feature.max(initial=-1), shifts.prompt_coo[1].max(initial=-1),
+                    maxima[1].max(initial=-1) if maxima is not None else -1)) + 1
+    return score_pairs(policy, np.asarray(shifts.pair_ids), dZ, shifts.p_base, shifts.dP, shifts.response_refuses,
+                       shifts.prompt_X, dense_features(shifts.prompt_coo, m, width),
+                       dense_features((probes.coo_probe, probes.coo_feature, probes.coo_value), n, width),
+                       probes.harmful, probes.category, recommended=recommended,
+                       effect_features=dense_features(maxima, n, width) if maxima is not None else None)
 
 
 def train_sae(cfg: SMDAConfig, *, progress: bool = True) -> tuple[Path, dict]:

@@ -130,6 +130,29 @@ class ShiftSettings(_Strict):
     dtype: Literal["float32", "float64"] = Field("float64", description="measurement dtype (float64 where the model is small)")
     delta_x: Literal["exact", "linearised"] = Field("exact", description="re-encode the new residuals, or the paper's linearisation")
     batch_size: int = Field(64, gt=0, description="probes per forward pass when re-measuring")
+    method: Literal["exact", "gradient", "screen"] = Field(
+        "exact", description="tier for every pair: exact (step + re-measure), gradient (first order, G·g), screen (forward only)")
+    keep_probe_shifts: bool = Field(False, description="store per-probe shifts (pair_shifts) for every pair, not only the exact tier's")
+
+
+class GradientSettings(_Strict):
+    """The gradient tier (DESIGN §4 "Three tiers"): G of the probe functionals once, one backward pass per pair."""
+
+    projection: int | None = Field(None, gt=0, description="k per side of the seeded Kronecker projection per weight "
+                                   "(LoGra); None = exact gradients (small models)")
+    parameters: tuple[str, ...] | None = Field(None, description="regexes over parameter names to cover; None = all")
+    seed: int = Field(0, description="seed of the projections")
+    probe_batch: int = Field(32, gt=0, description="probes per chunk of G")
+    pair_batch: int = Field(32, gt=0, description="pairs per batched backward pass")
+    dtype: Literal["float32", "float64"] = Field("float32", description="dtype of the per-pair gradients and of the "
+                                                 "stored G (computed in shifts.dtype); float32 halves time and memory")
+
+
+class ValidateSettings(_Strict):
+    """Agreement of the cheaper tiers with `exact` on a sample (v_method_agreement)."""
+
+    sample: int = Field(0, ge=0, description="pairs also measured by the exact tier when shifts.method is cheaper; 0 = none")
+    seed: int = Field(0, description="seed of the sample")
 
 
 class AttributionSettings(_Strict):
@@ -233,6 +256,8 @@ class SAETrainingSettings(_Strict):
 
 
 class SMDAConfig(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)  # `validate` is the YAML key of `validation`
+
     preset: Literal["default", "paper"] = "default"
     model: ModelSection = ModelSection()
     sae: SAESection = SAESection()
@@ -246,6 +271,8 @@ class SMDAConfig(_Strict):
     data: DataSection = DataSection()
     watch: WatchSection = WatchSection()
     sae_training: SAETrainingSettings = SAETrainingSettings()
+    gradient: GradientSettings = GradientSettings()
+    validation: ValidateSettings = Field(ValidateSettings(), alias="validate", description="the `validate` section")
     warehouse: str = "warehouse/warehouse.duckdb"
 
     @property

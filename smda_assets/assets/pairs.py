@@ -13,7 +13,8 @@ from smda_assets.provenance import computed_from
 from smda_assets.resources import SMDAResource
 
 EAGER = dg.AutomationCondition.eager()
-PAIR_TABLES = ["pair_attribution", "pair_summary", "pair_group_effects", "pair_group_shift", "pair_shifts", "pair_mechanism"]
+PAIR_TABLES = ["pair_attribution", "pair_summary", "pair_group_effects", "pair_group_shift", "pair_shifts", "pair_mechanism",
+               "method_agreement"]
 
 
 @dg.asset(partitions_def=sft_batches, group_name="pairs", deps=["probe_file"],
@@ -54,16 +55,35 @@ def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mater
 def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
     from smda_core.api import load_runtime, measure_shifts
 
+    from smda_core.experiments.tiers import exact_sample, measure_tier
+
     version = computed_from(context, smda, "pair_shifts")
     batch = context.partition_key
     pairs = smda.stage.read_table(batch, "sft_pairs")
     policy, policy_version = smda.stored_policy()
-    shifts = measure_shifts(load_runtime(smda.config(), progress=False), policy, pairs)
-    smda.stage.save_shifts(batch, shifts)
+    cfg = smda.config()
+    runtime = load_runtime(cfg, progress=False)
+    method = cfg.shifts.method
+    meta = {"method": method}
+    if method == "exact":
+        smda.stage.remove(batch, "tier.npz")
+        exact_pairs = pairs
+    else:  # the cheaper tier for every pair, exact on the validation sample
+        tier = measure_tier(runtime, policy, pairs, method)
+        smda.stage.save_tier(batch, tier)
+        exact_pairs = exact_sample(pairs, cfg.validation.sample, cfg.validation.seed)
+        meta.update(seconds_per_pair=float(tier.seconds.mean()), exact_sample=exact_pairs.num_rows)
+        context.log.info(f"{method}: {len(tier.pair_ids)} pairs, {tier.seconds.mean():.4f} s per pair")
+    if exact_pairs.num_rows:
+        shifts = measure_shifts(runtime, policy, exact_pairs)
+        smda.stage.save_shifts(batch, shifts)
+        meta.update(exact_pairs=len(shifts.pair_ids), exact_seconds_per_pair=float(shifts.seconds.mean()),
+                    dtype=shifts.settings.dtype)
+        context.log.info(f"exact: {len(shifts.pair_ids)} pairs, {shifts.seconds.mean():.2f} s per pair")
+    else:
+        smda.stage.remove(batch, "shifts.npz")
     smda.stage.save_json(batch, "shifts_policy", {"policy_version": policy_version})
-    context.log.info(f"{len(shifts.pair_ids)} pairs, {shifts.seconds.mean():.2f} s per pair")
-    return dg.MaterializeResult(metadata={"pairs": len(shifts.pair_ids), "seconds_per_pair": float(shifts.seconds.mean()),
-                                          "dtype": shifts.settings.dtype}, **version)
+    return dg.MaterializeResult(metadata={"pairs": pairs.num_rows, **meta}, **version)
 
 
 @dg.multi_asset(
@@ -78,8 +98,7 @@ def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mat
     can_subset=False,
 )
 def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
-    from smda_core.api import attribute
-    from smda_core.store.tables import pair_tables
+    from smda_core.experiments.tiers import attribute_tiers
 
     versions = {key: computed_from(context, smda, key) for key in ("pair_attribution", "pair_summary")}
     cfg = smda.config()
@@ -91,11 +110,8 @@ def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResourc
     if measured != policy_version:
         raise dg.Failure(f"batch {batch}: its shifts were measured against policy {measured}, and the warehouse's "
                          f"policy is now {policy_version}: materialise pair_shifts for it again (smda ingest does)")
-    shifts = smda.stage.load_shifts(batch)
     pairs = smda.stage.read_table(batch, "sft_pairs")
-    attr = attribute(policy, scores, shifts, pairs, cfg)
-    tables = pair_tables(batch, shifts, attr, policy, list(scores.probe_ids), delta_x=cfg.shifts.delta_x,
-                         policy_version=policy_version)
+    tables = attribute_tiers(smda.stage, batch, policy, scores, pairs, cfg, policy_version)
     written = [name for name in PAIR_TABLES if name in tables]
     for name in written:
         smda.stage.write_table(batch, name, tables[name])
@@ -107,15 +123,16 @@ def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResourc
     yield dg.MaterializeResult(asset_key="pair_attribution", metadata=table_metadata(tables["pair_attribution"]),
                                **versions["pair_attribution"])
     yield dg.MaterializeResult(asset_key="pair_summary", metadata={
-        **table_metadata(tables["pair_summary"]), "flagged_share": float(summary["flagged"].mean()),
+        **table_metadata(tables["pair_summary"]), "flagged_share": float(summary["flagged"].astype(float).mean()),
         "most_interfering": dg.MetadataValue.md(top.to_markdown(index=False) if _has_tabulate() else top.to_string(index=False)),
         "scores": _scores_preview(summary, pairs, cfg.attribution.score)},
         **versions["pair_summary"])
-    attributed = tables["pair_attribution"].select(["pair_id", "method"]).to_pylist()
-    per_method = {m: len({r["pair_id"] for r in attributed if r["method"] == m}) for m in cfg.attribution.methods}
+    attributed = tables["pair_attribution"].select(["pair_id", "method"]).to_pylist() if "pair_attribution" in tables else []
+    methods = cfg.attribution.methods if cfg.shifts.method == "exact" else (() if cfg.shifts.method == "screen" else ("gradient",))
+    per_method = {m: len({r["pair_id"] for r in attributed if r["method"] == m}) for m in methods}
     yield dg.AssetCheckResult(check_name="every_pair_attributed", asset_key="pair_attribution",
-                              passed=all(v == len(shifts.pair_ids) for v in per_method.values()),
-                              metadata={"pairs": len(shifts.pair_ids), **{f"attributed_{m}": v for m, v in per_method.items()}})
+                              passed=all(v == pairs.num_rows for v in per_method.values()),
+                              metadata={"pairs": pairs.num_rows, **{f"attributed_{m}": v for m, v in per_method.items()}})
 
 
 @dg.asset(group_name="warehouse", deps=["sft_pairs", "pair_attribution", "pair_summary"], automation_condition=EAGER,

@@ -31,6 +31,7 @@ __all__ = [
     "AttributionResult",
     "delta_beta_refit",
     "delta_beta_linear",
+    "via_x_weights",
     "default_intended",
     "interference",
     "count_active_flips",
@@ -124,6 +125,18 @@ def delta_beta_linear(Z: np.ndarray, fit: RidgeFit, dZ: np.ndarray, dY: np.ndarr
     via_x = (np.einsum("mnk,n->mk", D, r) - Db @ Zc) @ fit.m_inv
     via_y = (e @ Zc) @ fit.m_inv
     return _unbatch(PathwaySplit(via_x + via_y, via_x, via_y, np.zeros_like(via_x)), single)
+
+
+def via_x_weights(Z: np.ndarray, fit: RidgeFit) -> np.ndarray:
+    """The `linear` ΔX pathway as a fixed linear functional of ΔZ: W (k, n, k) with via_x_j = Σ_pl W_jpl ΔZ_pl.
+
+    From via_x = M⁻¹(Dᵀr − ZcᵀDβ) with D the centred ΔZ: the centring drops out (r and Zc are centred), so
+    W_jpl = (M⁻¹)_jl r_p − (Zc M⁻¹)_pj β_l. The gradient tier differentiates these k functionals once
+    instead of measuring ΔZ for every pair.
+    """
+    Zc = np.asarray(Z, dtype=np.float64) - fit.z_mean
+    return (fit.m_inv[:, None, :] * fit.residual[None, :, None]
+            - (Zc @ fit.m_inv).T[:, :, None] * fit.coef[None, None, :])
 
 
 _SOLVERS = {"refit": delta_beta_refit, "linear": delta_beta_linear}

@@ -256,3 +256,34 @@ def _group_tables(policy: Policy, pair_ids: np.ndarray, primary_db: np.ndarray, 
         "dp": group_dp.reshape(-1),
     }
     return effects, shifts
+
+
+def attribute_first_order(policy: Policy, pair_ids: Sequence[Any] | np.ndarray, via_x: np.ndarray, dY: np.ndarray,
+                          dP: np.ndarray, *, pair_prompt_X: np.ndarray, probe_harmful: np.ndarray,
+                          probe_category: np.ndarray, intended: Sequence[Sequence[int] | None] | None = None,
+                          intended_top: int = 3, method: str = "gradient") -> AttributionResult:
+    """The tables of `attribute_pairs` from first-order shifts without per-probe ΔX (the gradient tier).
+
+    Δβ is the `linear` estimate: via_x (m, k) as the tier computed it (the ΔX functionals of
+    `pathways.via_x_weights`), via_y = M⁻¹ Zcᵀ ΔY from the per-probe ΔY (m, n), via_xy = 0. Rows carry
+    `method`; `alignment_linear` is this Δβ's alignment; the activation parts of the group effects and
+    `active_flips` need per-probe ΔX, so they are NaN and 0.
+    """
+    pair_ids = np.asarray(pair_ids)
+    m, n, k = pair_ids.shape[0], policy.n, policy.k
+    via_x = np.asarray(via_x, dtype=np.float64).reshape(m, k)
+    dY = np.asarray(dY, dtype=np.float64).reshape(m, n)
+    dP = np.asarray(dP, dtype=np.float64).reshape(m, n)
+    harmful = np.asarray(probe_harmful).astype(bool)
+    category = np.asarray(probe_category)
+    e = dY - dY.mean(axis=1, keepdims=True) if policy.fit.fit_intercept else dY
+    via_y = (e @ (policy.Z - policy.fit.z_mean)) @ policy.fit.m_inv
+    split = PathwaySplit(via_x + via_y, via_x, via_y, np.zeros_like(via_x))
+    flips = np.zeros(m, dtype=np.int64)
+    summary = _summary(policy, pair_ids, {"linear": split}, "linear", dY, dP, harmful, flips,
+                       np.asarray(pair_prompt_X, dtype=np.float64), intended, intended_top)
+    zeros = np.broadcast_to(np.zeros(1), (m, n, k))  # no per-probe ΔX: activation parts are set to NaN below
+    effects, shifts = _group_tables(policy, pair_ids, split.total, zeros, dY, dP, harmful, category, 16)
+    effects["activation_part"] = np.full(len(effects["activation_part"]), np.nan)
+    return AttributionResult(_attribution_table(policy, pair_ids, {method: split}, (method,)), summary, effects, shifts,
+                             {method: split}, method)

@@ -1,4 +1,5 @@
-"""A peer on the same work: dattri's TracIn score of each pair on the mean harmful refusal log-probability.
+"""A peer on the same work: dattri's TracIn score of each pair on the mean harmful refusal log-probability
+(and on the log-odds margin).
 
 For one SGD step of size lr, TracIn's lr·∇L(pair)·∇(−log P(refusal | probe)) is the first-order
 change of the probe's refusal log-probability, so the peer predicts what SMDA measures as
@@ -21,6 +22,23 @@ from smda_core.model.training import response_ce, sft_batch
 def tracin_harmful_refusal(model, tokenizer, pairs: Sequence[tuple[str, str]], harmful_probes: Sequence[EncodedPrompt],
                            refusal_openings: Sequence[tuple[int, ...]], *, lr: float = 1e-4) -> tuple[np.ndarray, float]:
     """(m,) TracIn influence of each pair on the mean refusal log-prob of the harmful probes, and seconds per pair."""
+    w = np.full(len(harmful_probes), 1.0 / len(harmful_probes))
+    return tracin_probe_target(model, tokenizer, pairs, harmful_probes, w, refusal_openings, lr=lr, log_odds=False)
+
+
+def tracin_margin(model, tokenizer, pairs: Sequence[tuple[str, str]], probes: Sequence[EncodedPrompt], harmful: np.ndarray,
+                  refusal_openings: Sequence[tuple[int, ...]], *, lr: float = 1e-4) -> tuple[np.ndarray, float]:
+    """(m,) TracIn influence of each pair on the log-odds margin (mean ℓ on harmful minus on harmless probes)."""
+    h = np.asarray(harmful, dtype=bool)
+    w = np.where(h, 1.0 / h.sum(), -1.0 / (~h).sum())
+    return tracin_probe_target(model, tokenizer, pairs, probes, w, refusal_openings, lr=lr, log_odds=True)
+
+
+def tracin_probe_target(model, tokenizer, pairs: Sequence[tuple[str, str]], probes: Sequence[EncodedPrompt],
+                        weights: np.ndarray, refusal_openings: Sequence[tuple[int, ...]], *, lr: float = 1e-4,
+                        log_odds: bool = False) -> tuple[np.ndarray, float]:
+    """(m,) TracIn score lr·∇L(pair)·∇T of the target T = Σ_p w_p f_p (f = log P(refusal | p), or its log-odds), the
+    first-order change of T under one SGD step on the pair; and seconds per pair. Gradients are not projected."""
     from dattri.algorithm.tracin import TracInAttributor
     from dattri.task import AttributionTask
     from torch.utils.data import DataLoader, TensorDataset
@@ -33,29 +51,35 @@ def tracin_harmful_refusal(model, tokenizer, pairs: Sequence[tuple[str, str]], h
     branch = list(refusal_openings[0][:-1])
     if any(tuple(o[:-1]) != tuple(branch) for o in refusal_openings):
         raise ValueError("the peer scores openings that share their prefix (one teacher-forcing branch)")
-    test_width = max(len(p.input_ids) for p in harmful_probes) + span - 1
-    test_ids = torch.full((1, len(harmful_probes), test_width), pad)  # one test item: the mean over harmful probes
-    last = torch.zeros((1, len(harmful_probes)), dtype=torch.long)
-    for i, p in enumerate(harmful_probes):
+    test_width = max(len(p.input_ids) for p in probes) + span - 1
+    test_ids = torch.full((1, len(probes), test_width), pad)  # one test item: the weighted sum over probes
+    last = torch.zeros((1, len(probes)), dtype=torch.long)
+    for i, p in enumerate(probes):
         seq = list(p.input_ids) + branch
         test_ids[0, i, : len(seq)] = torch.tensor(seq)
         last[0, i] = len(p.input_ids) - 1
     openings = torch.tensor([list(o) for o in refusal_openings])  # (R, span)
     steps = torch.arange(span)
+    w = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
 
     def loss_func(params, data):
         ids, labels = data
         return response_ce(torch.func.functional_call(model, params, (ids.unsqueeze(0),)).logits[0], labels)
 
     def target_func(params, data):
-        ids, at = data  # (n_harmful, T), (n_harmful,)
+        ids, at = data  # (n, T), (n,)
         lp = torch.log_softmax(torch.func.functional_call(model, params, (ids,)).logits, -1)  # (n, T, V)
         rows = torch.gather(lp, 1, (at[:, None] + steps[None, :])[..., None].expand(-1, -1, lp.shape[-1]))  # (n, span, V)
-        per_opening = torch.stack([rows[:, steps, o].sum(-1) for o in openings], dim=1)  # (n, R)
-        return -torch.logsumexp(per_opening, 1).mean()
+        log_p = torch.logsumexp(torch.stack([rows[:, steps, o].sum(-1) for o in openings], dim=1), 1)  # (n,)
+        f = log_p - torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-6)) if log_odds else log_p
+        return -(w * f).sum()  # dattri's target is a loss: the score is then the first-order change of Σ w f
 
     task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict(), target_func=target_func)
     attributor = TracInAttributor(task=task, weight_list=torch.tensor([lr]), normalized_grad=False)
+    # dattri 0.3 projects both gradients to 512 random dimensions by default (projector_kwargs=None still means
+    # its DEFAULT_PROJECTOR_KWARGS): the dot product of near-orthogonal gradients is then mostly projection noise,
+    # the cause of TracIn's disagreement with an exact first-order product. The peer runs unprojected.
+    attributor.projector_kwargs = None
     t0 = time.perf_counter()
     scores = attributor.attribute(DataLoader(TensorDataset(train.input_ids, train.labels), batch_size=32),
                                   DataLoader(TensorDataset(test_ids, last), batch_size=1))

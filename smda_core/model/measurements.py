@@ -103,3 +103,45 @@ class PairShifts:
 
     def __repr__(self) -> str:
         return f"PairShifts(m={len(self.pair_ids)}, n={self.dY.shape[1] if self.dY.ndim == 2 else 0}, k={len(self.feature_ids)}, {json.dumps(self.settings.model_dump())})"
+
+
+@dataclass
+class GradientShifts:
+    """First-order shifts of m pairs (the `gradient` tier): per probe ΔY and ΔP (m, n), and the ΔX pathway of
+    Δβ as the functionals the tier differentiates (m, F), without per-probe ΔX.
+
+    X_base (n, k), y_base, p_base (n,) at θ; prompt_X (m, k), response_refuses (m,) and prompt_coo from
+    the forward pass over each pair's prompt; seconds (m,) per pair; meta: projection, G's cost and size.
+    """
+
+    pair_ids: list[str]
+    feature_ids: np.ndarray
+    X_base: np.ndarray
+    y_base: np.ndarray
+    p_base: np.ndarray
+    dY: np.ndarray
+    dP: np.ndarray
+    via_x: np.ndarray
+    prompt_X: np.ndarray
+    seconds: np.ndarray
+    settings: ShiftSettings
+    response_refuses: np.ndarray | None = None
+    prompt_coo: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    meta: dict = field(default_factory=dict)
+    method: str = "gradient"
+
+    ARRAYS = ("feature_ids", "X_base", "y_base", "p_base", "dY", "dP", "via_x", "prompt_X", "seconds")
+
+    def as_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        arrays = {name: np.asarray(getattr(self, name)) for name in self.ARRAYS}
+        arrays["pair_ids"] = np.asarray(self.pair_ids, dtype=str)
+        arrays["response_refuses"] = np.asarray(self.response_refuses, dtype=bool)
+        arrays.update(zip(("prompt_coo_pair", "prompt_coo_feature", "prompt_coo_value"), map(np.asarray, self.prompt_coo)))
+        return arrays, {"settings": self.settings.model_dump(), "meta": self.meta, "method": self.method}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> GradientShifts:
+        coo = tuple(arrays[k] for k in ("prompt_coo_pair", "prompt_coo_feature", "prompt_coo_value"))
+        return cls(pair_ids=arrays["pair_ids"].tolist(), settings=ShiftSettings(**meta["settings"]),
+                   response_refuses=arrays["response_refuses"], prompt_coo=coo, meta=meta.get("meta", {}),
+                   method=meta.get("method", "gradient"), **{name: arrays[name] for name in cls.ARRAYS})

@@ -30,7 +30,7 @@ from smda_core.inputs import batches as batch_rules
 from smda_core.errors import InputError, SMDAError
 from smda_core.inputs.pairs import check_pair_ids_unique
 from smda_core.hashing import file_sha256
-from smda_core.model.measurements import PairShifts
+from smda_core.model.measurements import GradientShifts, PairShifts
 from smda_core.store.arrays import load_arrays, save_arrays
 from smda_core.store.warehouse import replace_partition, replace_table
 
@@ -85,6 +85,19 @@ class Stage:
     def load_shifts(self, batch_id: str) -> PairShifts:
         arrays, meta = load_arrays(self.folder(batch_id) / "shifts.npz", schema="pair_shifts", version=SHIFTS_VERSION)
         return PairShifts.from_arrays(arrays, meta)
+
+    def save_tier(self, batch_id: str, shifts: GradientShifts) -> Path:
+        """The cheaper tier's shifts (gradient, or screen with no shifts) as NPZ (no pickle): `tier.npz`."""
+        arrays, meta = shifts.as_arrays()
+        return save_arrays(self.folder(batch_id) / "tier.npz", arrays, schema="tier_shifts", version=1, meta=meta)
+
+    def load_tier(self, batch_id: str) -> GradientShifts:
+        arrays, meta = load_arrays(self.folder(batch_id) / "tier.npz", schema="tier_shifts", version=1)
+        return GradientShifts.from_arrays(arrays, meta)
+
+    def remove(self, batch_id: str, name: str) -> None:
+        """Drop a staged file that the current settings no longer produce (a tier's shifts)."""
+        (self.folder(batch_id) / name).unlink(missing_ok=True)
 
     def commit(self, batch_id: str, tables: list[str], *, source_file: str, content_hash: str, n_pairs: int,
                policy_version: str | None = None) -> dict:

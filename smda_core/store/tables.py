@@ -163,6 +163,33 @@ def pair_tables(batch_id: str, shifts, attr, policy: Policy, probe_ids: Sequence
             for name, t in out.items()}
 
 
+def tier_tables(batch_id: str, tables: list[dict[str, pa.Table]]) -> dict[str, pa.Table]:
+    """The tables of several tiers of one batch, concatenated by name (each row keeps its `method`)."""
+    out: dict[str, list[pa.Table]] = {}
+    for t in tables:
+        for name, table in t.items():
+            out.setdefault(name, []).append(table)
+    return {name: pa.concat_tables(ts, promote_options="permissive") if len(ts) > 1 else ts[0] for name, ts in out.items()}
+
+
+def screen_summary_table(batch_id: str, pair_ids: Sequence[str], scores: dict, seconds: np.ndarray, *,
+                         policy_version: str | None = None) -> pa.Table:
+    """pair_summary rows of the screen tier (method 'screen'): its scores, every other column NULL."""
+    m = len(pair_ids)
+    return pa.table({"pair_id": pa.array(list(pair_ids), pa.string()), "batch_id": pa.array([batch_id] * m, pa.string()),
+                     **{k: pa.array(np.asarray(v)) for k, v in scores.items()},
+                     "seconds": pa.array(np.asarray(seconds, dtype=np.float64)),
+                     "method": pa.array(["screen"] * m, pa.string()), "sample": pa.array([False] * m, pa.bool_()),
+                     "policy_version": pa.array([policy_version] * m, pa.string())})
+
+
+def agreement_table(batch_id: str, rows, *, policy_version: str | None = None) -> pa.Table:
+    """method_agreement rows of one batch (a DataFrame from `attribution.agreement.method_agreement`)."""
+    table = pa.Table.from_pandas(rows.astype({"feature_id": "Int32"}), preserve_index=False)
+    table = table.add_column(0, "batch_id", pa.array([batch_id] * table.num_rows, pa.string()))
+    return table.append_column("policy_version", pa.array([policy_version] * table.num_rows, pa.string()))
+
+
 def check_stored_policy(con, policy: Policy) -> None:
     """The refitted policy must be the one the warehouse shows (same features, same β to 1e-12)."""
     stored = con.sql("SELECT feature_id, coef FROM smda.policy_features").to_arrow_table().to_pylist()

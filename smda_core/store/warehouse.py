@@ -73,7 +73,8 @@ TABLES: dict[str, pa.Schema] = {
                             ("local_shift", _F), ("worst_group_shift", _F), ("worst_group", _S),
                             ("screen_consistency", _F), ("score", _F), ("interference", _F), ("interference_z", _F),
                             ("flagged", _B), ("harm_feature", _I32), ("effect_fit_r2", _F), ("response_refuses", _B),
-                            ("policy_version", _S), ("specific_shift", _F), ("specific_group", _S)),
+                            ("policy_version", _S), ("specific_shift", _F), ("specific_group", _S),
+                            ("policy_projection", _F), ("sample", _B)),
     "feature_maxima": _schema(("probe_id", _S), ("feature_id", _I32), ("activation", _F), ("token_index", _I64)),
     "feature_examples": _schema(("feature_id", _I32), ("rank", _I32), ("probe_id", _S), ("activation", _F), ("token", _S),
                                 ("marked_text", _S)),
@@ -94,6 +95,8 @@ TABLES: dict[str, pa.Schema] = {
     "curation": _schema(("experiment_id", _S), ("rule", _S), ("variant", _S), ("n_pairs", _I64), ("correctness", _F),
                         ("precision", _F), ("recall", _F), ("f1", _F), ("refusal_accuracy", _F), ("dropped", _S),
                         ("seed", _I64), ("per_category", _S), ("created_at", pa.timestamp("us"))),
+    "method_agreement": _schema(("batch_id", _S), ("score", _S), ("feature_id", _I32), ("method", _S), ("reference", _S),
+                                ("n_pairs", _I64), ("spearman", _F), ("median_rel_err", _F), ("policy_version", _S)),
     "validation": _schema(("check", _S), ("method", _S), ("score", _S), ("n", _I64), ("spearman", _F), ("detail", _S),
                           ("run_id", _S), ("created_at", pa.timestamp("us"))),
 }
