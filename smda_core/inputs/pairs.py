@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from smda_core.errors import InputError
-from smda_core.inputs.records import _OVERLAP_SHOWN, _PAIR_COMPUTED, _PAIR_FIELDS, _Record, _boolean, _check_given_hash, _check_unique, _extra_columns, _feature_list, _identifier, _read_records, _reject_reserved, _text, _to_json, content_hash
+from smda_core.inputs.records import PAIR_KINDS, _OVERLAP_SHOWN, _PAIR_COMPUTED, _PAIR_FIELDS, _Record, _boolean, _check_given_hash, _check_unique, _extra_columns, _feature_list, _identifier, _read_records, _reject_reserved, _text, _to_json, content_hash
 
 
 # --------------------------------------------------------------------------- SFT pairs
