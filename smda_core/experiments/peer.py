@@ -60,4 +60,4 @@ def tracin_harmful_refusal(model, tokenizer, pairs: Sequence[tuple[str, str]], h
     scores = attributor.attribute(DataLoader(TensorDataset(train.input_ids, train.labels), batch_size=32),
                                   DataLoader(TensorDataset(test_ids, last), batch_size=1))
     seconds = (time.perf_counter() - t0) / len(pairs)
-    return scores.mean(dim=1).double().numpy(), seconds
+    return scores.mean(dim=1).double().cpu().numpy(), seconds
