@@ -236,3 +236,15 @@ def test_a_shard_that_fails_for_good_names_its_pairs(local_ray, runtime, policy,
                    ShardStore(tmp_path / "shards"), PairShifts)
     assert err.value.shards == {1: [bad]}
     assert bad in str(err.value) and "cannot be measured" in str(err.value)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device (CI has none): GPU path skipped")
+def test_a_pair_step_on_cuda_equals_the_cpu_step(runtime, policy):
+    """`model.device: cuda` end to end through the pair step: the same shifts as on the CPU (float64, round-off)."""
+    from smda_core.api import load_runtime
+
+    cfg = runtime.config.replace(model=runtime.config.model.replace(device="cuda"))
+    pairs = _pairs(runtime, 1)
+    cpu, gpu = (exact_shift_step(rt, pairs, feature_ids=policy.feature_ids, settings=cfg.shifts)
+                for rt in (runtime, load_runtime(cfg, progress=False)))
+    _equal_shifts(cpu, gpu, atol=1e-6)
