@@ -58,6 +58,19 @@ def test_shards_cover_every_pair_once_in_order():
     assert len(plan_shards(ids, 100)) == 1 and plan_shards([], 3) == []
 
 
+def test_the_engine_is_validated_and_changes_no_data_version():
+    from conftest import demo_config
+    from smda_core.config import load_config
+    from smda_core.errors import ConfigError
+    from smda_core.store.versions import input_versions
+
+    with pytest.raises(ConfigError, match=r"execution\.engine.*did you mean 'ray'"):
+        load_config(None, execution={"engine": "rey"})
+    local = demo_config()
+    on_ray = local.replace(execution=local.execution.replace(engine="ray", address="auto", gpus_per_task=1))
+    assert input_versions(local) == input_versions(on_ray)  # same results: switching engines recomputes nothing
+
+
 def test_shard_boundaries_change_nothing(runtime, policy, tmp_path):
     """Shards measured apart, written, read back and concatenated equal one run over every pair (float64, 1e-9)."""
     pairs = _pairs(runtime, 3)
