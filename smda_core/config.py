@@ -267,6 +267,13 @@ class SMDAConfig(_Strict):
     execution: ExecutionSettings = ExecutionSettings()
     warehouse: str = "warehouse/warehouse.duckdb"
 
+    @model_validator(mode="after")
+    def _gpu_per_task(self) -> "SMDAConfig":
+        if self.execution.engine == "ray" and self.model.device == "cuda" and self.execution.gpus_per_task == 0:
+            raise ValueError("execution.gpus_per_task: model.device is 'cuda' and the pair steps run on Ray: give each "
+                             "task a GPU (gpus_per_task: 1, or a fraction such as 0.5 to share one)")
+        return self
+
     @property
     def is_demo(self) -> bool:
         return self.model.path is None

@@ -59,6 +59,7 @@ def test_shards_cover_every_pair_once_in_order():
 
 
 def test_the_engine_is_validated_and_changes_no_data_version():
+    """A misspelt engine is named; a CUDA model on Ray must ask Ray for GPUs; the engine is in no data version."""
     from conftest import demo_config
     from smda_core.config import load_config
     from smda_core.errors import ConfigError
@@ -66,6 +67,8 @@ def test_the_engine_is_validated_and_changes_no_data_version():
 
     with pytest.raises(ConfigError, match=r"execution\.engine.*did you mean 'ray'"):
         load_config(None, execution={"engine": "rey"})
+    with pytest.raises(ConfigError, match="gpus_per_task"):
+        load_config(None, model={"device": "cuda"}, execution={"engine": "ray"})
     local = demo_config()
     on_ray = local.replace(execution=local.execution.replace(engine="ray", address="auto", gpus_per_task=1))
     assert input_versions(local) == input_versions(on_ray)  # same results: switching engines recomputes nothing
