@@ -103,6 +103,7 @@ def _engine_metadata(run) -> dict:
 )
 def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResource):
     from smda_core.api import attribute
+    from smda_core.execution import on_engine
     from smda_core.store.tables import pair_tables
 
     versions = {key: computed_from(context, smda, key) for key in ("pair_attribution", "pair_summary")}
@@ -117,7 +118,7 @@ def pair_attribution_assets(context: dg.AssetExecutionContext, smda: SMDAResourc
                          f"policy is now {policy_version}: materialise pair_shifts for it again (smda ingest does)")
     shifts = smda.stage.load_shifts(batch)
     pairs = smda.stage.read_table(batch, "sft_pairs")
-    attr = attribute(policy, scores, shifts, pairs, cfg)
+    attr = on_engine(cfg, attribute, policy, scores, shifts, pairs, cfg)  # engine ray: one Ray task for the batch
     tables = pair_tables(batch, shifts, attr, policy, list(scores.probe_ids), delta_x=cfg.shifts.delta_x,
                          policy_version=policy_version)
     written = [name for name in PAIR_TABLES if name in tables]

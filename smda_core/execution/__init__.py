@@ -16,8 +16,8 @@ import pyarrow as pa
 from smda_core.config import SMDAConfig
 from smda_core.execution.shards import PairStep, Shard, ShardError, ShardRun, ShardStore, exact_shift_step, plan_shards
 
-__all__ = ["PairStep", "Shard", "ShardError", "ShardRun", "ShardStore", "measure_batch_shifts", "plan_shards", "shift_step",
-           "shard_folder"]
+__all__ = ["PairStep", "Shard", "ShardError", "ShardRun", "ShardStore", "measure_batch_shifts", "on_engine", "plan_shards",
+           "shift_step", "shard_folder"]
 
 
 def shift_step(config: SMDAConfig, policy) -> tuple[PairStep, type]:
@@ -60,3 +60,16 @@ def measure_batch_shifts(config: SMDAConfig, policy, pairs: pa.Table, *, folder:
 
     return run_shards(config.execution, config, resolve_sources(config, progress=False), step, pairs, ShardStore(Path(folder)),
                       result_type, on_shard=on_shard)
+
+
+def on_engine(config: SMDAConfig, fn: Callable, *args):
+    """`fn(*args)` where the config's pair steps run: here (local), or as one Ray task (ray), retried like a shard.
+
+    For a batch-wide numpy step (attribution: its calibrated scores compare the batch's pairs with
+    each other, so it is one task per batch, not per shard); the result comes back through Ray.
+    """
+    if config.execution.engine == "local":
+        return fn(*args)
+    from smda_core.execution.ray_engine import run_task
+
+    return run_task(config.execution, fn, *args)

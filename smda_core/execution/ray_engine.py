@@ -1,4 +1,5 @@
-"""The Ray engine: one Ray task per shard of pairs, the model loaded once per worker process.
+"""The Ray engine: one Ray task per shard of pairs, the model loaded once per worker process (and a
+batch-wide numpy step, attribution, as one task: :func:`run_task`).
 
 Ray is optional (`pip install smda-warehouse[ray]`) and imported only here, only when the
 config says `execution.engine: ray`. With `execution.address` empty the command starts a local
@@ -149,3 +150,15 @@ def _cause(exc: Exception) -> str:
     text = str(cause) if cause is not None else str(exc)
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
+
+
+def run_task(settings: ExecutionSettings, fn: Callable, *args):
+    """`fn(*args)` as one Ray task (the resources and retries of a shard task); its error as an SMDAError."""
+    ray = _ray()
+    connect(settings)
+    task = ray.remote(fn).options(num_cpus=settings.cpus_per_task, max_retries=settings.max_retries, retry_exceptions=False,
+                                  name=f"smda-{getattr(fn, '__name__', 'task')}")
+    try:
+        return ray.get(task.remote(*args))
+    except ray.exceptions.RayError as exc:
+        raise SMDAError(f"{getattr(fn, '__name__', 'task')} on Ray failed: {_cause(exc)}") from None
