@@ -206,6 +206,10 @@ def _ingest(resource: SMDAResource, instance: dg.DagsterInstance, *, workers: in
         _run(resource, instance, PROBE_KEYS, verbose=verbose, checks=checks)
         status = stale_report(defs, instance, report.batches, smda=resource)
     report.ran = [b for b in report.batches if everything or any(status.needs_work(k, b) for k in BATCH_KEYS)]
+    execution = resource.config().execution
+    if report.ran and execution.engine == "ray":  # Ray spreads each batch's pairs; one local Ray serves every batch
+        workers = workers if execution.address else 1
+        say(f"pair steps as Ray tasks of {execution.shard_size} pairs on {execution.address or 'a local Ray'}")
     if report.ran:
         say(f"{len(report.ran)} batch(es): {', '.join(report.ran)}" + (f" ({workers} at a time)" if workers > 1 else ""))
     report.failed = run_batches(report.ran, resource, instance, workers, verbose=verbose, checks=checks)

@@ -182,6 +182,24 @@ class CurationSettings(_Strict):
     n_random: int = Field(5, ge=1, description="random removals of the same size (the control)")
 
 
+class ExecutionSettings(_Strict):
+    """Where the pair steps run (DESIGN §7 "Beyond one machine"): in the asset's process, or as Ray tasks over
+    shards of pairs. The engine never changes a result: a pair's step starts from the base weights, so shards
+    concatenate to the local result; it is therefore not part of any data version."""
+
+    engine: Literal["local", "ray"] = Field("local", description="local: in the step's own process; ray: one Ray task per shard of pairs")
+    address: str | None = Field(None, description="Ray address: 'auto', 'ray://host:port', or empty = start a local Ray in the command")
+    shard_size: int = Field(16, ge=1, description="pairs per Ray task (a shard: one file of results, retried as a whole)")
+    cpus_per_task: float = Field(1.0, gt=0, description="CPUs Ray reserves for each shard task (torch uses as many threads)")
+    gpus_per_task: float = Field(0.0, ge=0, description="GPUs Ray reserves for each shard task (with model.device: cuda)")
+    memory_mb: int | None = Field(None, gt=0, description="memory Ray reserves for each shard task; None = no reservation")
+    max_retries: int = Field(3, ge=0, description="times Ray reruns a shard whose worker died (a node lost, a process killed)")
+    local_cpus: int | None = Field(None, gt=0, description="CPUs of a local Ray started by the command; None = all cores")
+    shard_dir: str | None = Field(None, description="where shard files are written (a path every node can reach); "
+                                                   "None = the warehouse's staging folder")
+    runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime environment for a cluster (pip, working_dir, env_vars)")
+
+
 class DemoSection(_Strict):
     """The embedded demo world's recipe; its hash names the cache folder."""
 
@@ -273,7 +291,15 @@ class SMDAConfig(_Strict):
     sae_training: SAETrainingSettings = SAETrainingSettings()
     gradient: GradientSettings = GradientSettings()
     validation: ValidateSettings = Field(ValidateSettings(), alias="validate", description="the `validate` section")
+    execution: ExecutionSettings = ExecutionSettings()
     warehouse: str = "warehouse/warehouse.duckdb"
+
+    @model_validator(mode="after")
+    def _gpu_per_task(self) -> "SMDAConfig":
+        if self.execution.engine == "ray" and self.model.device == "cuda" and self.execution.gpus_per_task == 0:
+            raise ValueError("execution.gpus_per_task: model.device is 'cuda' and the pair steps run on Ray: give each "
+                             "task a GPU (gpus_per_task: 1, or a fraction such as 0.5 to share one)")
+        return self
 
     @property
     def is_demo(self) -> bool:

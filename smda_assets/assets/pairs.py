@@ -53,37 +53,60 @@ def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mater
           automation_condition=EAGER,
           description="ΔX, ΔY of every pair over every probe after one optimiser step on that pair")
 def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
-    from smda_core.api import load_runtime, measure_shifts
-
+    from smda_core.api import load_runtime
+    from smda_core.execution import measure_batch_shifts, shard_folder
     from smda_core.experiments.tiers import exact_sample, measure_tier
 
     version = computed_from(context, smda, "pair_shifts")
+    cfg = smda.config()
     batch = context.partition_key
     pairs = smda.stage.read_table(batch, "sft_pairs")
     policy, policy_version = smda.stored_policy()
-    cfg = smda.config()
-    runtime = load_runtime(cfg, progress=False)
     method = cfg.shifts.method
     meta = {"method": method}
     if method == "exact":
         smda.stage.remove(batch, "tier.npz")
         exact_pairs = pairs
-    else:  # the cheaper tier for every pair, exact on the validation sample
-        tier = measure_tier(runtime, policy, pairs, method)
+    else:  # the cheaper tier for every pair (on this machine), exact on the validation sample (on the engine)
+        tier = measure_tier(load_runtime(cfg, progress=False), policy, pairs, method)
         smda.stage.save_tier(batch, tier)
         exact_pairs = exact_sample(pairs, cfg.validation.sample, cfg.validation.seed)
         meta.update(seconds_per_pair=float(tier.seconds.mean()), exact_sample=exact_pairs.num_rows)
         context.log.info(f"{method}: {len(tier.pair_ids)} pairs, {tier.seconds.mean():.4f} s per pair")
     if exact_pairs.num_rows:
-        shifts = measure_shifts(runtime, policy, exact_pairs)
+        if cfg.execution.engine == "ray":
+            context.log.info(f"batch {batch}: {exact_pairs.num_rows} pairs as Ray tasks of {cfg.execution.shard_size} pairs")
+        run = measure_batch_shifts(cfg, policy, exact_pairs, folder=shard_folder(cfg, smda.stage.folder(batch), batch),
+                                   on_shard=lambda record, done, total: context.log.info(_shard_line(record, done, total)))
+        shifts = run.result
         smda.stage.save_shifts(batch, shifts)
+        meta.setdefault("seconds_per_pair", float(shifts.seconds.mean()))
         meta.update(exact_pairs=len(shifts.pair_ids), exact_seconds_per_pair=float(shifts.seconds.mean()),
-                    dtype=shifts.settings.dtype)
-        context.log.info(f"exact: {len(shifts.pair_ids)} pairs, {shifts.seconds.mean():.2f} s per pair")
+                    dtype=shifts.settings.dtype, **_engine_metadata(run))
+        context.log.info(f"exact: {len(shifts.pair_ids)} pairs, {shifts.seconds.mean():.2f} s per pair ({run.engine} engine"
+                         + (f", Ray at {run.address}" if run.address else "") + ")")
     else:
         smda.stage.remove(batch, "shifts.npz")
     smda.stage.save_json(batch, "shifts_policy", {"policy_version": policy_version})
     return dg.MaterializeResult(metadata={"pairs": pairs.num_rows, **meta}, **version)
+
+
+def _shard_line(record: dict, done: int, total: int) -> str:
+    retried = f", attempt {record['attempts']}" if record.get("attempts", 1) > 1 else ""
+    return (f"shard {done}/{total} done: {len(record['pair_ids'])} pairs in {record['seconds']:.1f} s "
+            f"on {record.get('host')} pid {record.get('pid')}{retried}")
+
+
+def _engine_metadata(run) -> dict:
+    """Where a batch's pair steps ran, for the Dagster UI: the engine, the Ray address, each shard."""
+    if run.engine == "local":
+        return {"engine": "local"}
+    rows = [{"shard": r["shard"], "pairs": len(r["pair_ids"]), "seconds": round(r["seconds"], 2), "host": r.get("host"),
+             "attempts": r.get("attempts", 1)} for r in run.shards]
+    lines = ["| shard | pairs | seconds | host | attempts |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['shard']} | {r['pairs']} | {r['seconds']} | {r['host']} | {r['attempts']} |" for r in rows]
+    return {"engine": "ray", "ray_address": run.address or "-", "shards": len(rows), "retried_shards": len(run.retried),
+            "shard_table": dg.MetadataValue.md("\n".join(lines))}
 
 
 @dg.multi_asset(

@@ -84,4 +84,4 @@ def tracin_probe_target(model, tokenizer, pairs: Sequence[tuple[str, str]], prob
     scores = attributor.attribute(DataLoader(TensorDataset(train.input_ids, train.labels), batch_size=32),
                                   DataLoader(TensorDataset(test_ids, last), batch_size=1))
     seconds = (time.perf_counter() - t0) / len(pairs)
-    return scores.mean(dim=1).double().numpy(), seconds
+    return scores.mean(dim=1).double().cpu().numpy(), seconds

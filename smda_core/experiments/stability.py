@@ -106,7 +106,7 @@ def run_stability(runtime, config, pairs, *, sae_dirs: Sequence[tuple[int, str]]
         probes = measure_probes(r, progress=False)
         policy = fit_policy(probes, config.policy)
         s = attribute(policy, probes, measure_shifts(r, policy, pairs, progress=progress), pairs, config).pair_summary
-        decoder = sae.W_dec.detach().double().numpy()
+        decoder = sae.W_dec.detach().double().cpu().numpy()
         harm = np.asarray(s["harm_feature"], dtype=np.int64) if "harm_feature" in s else None
         runs.append(SeedRun(seed, policy.feature_ids, policy.coef, decoder[policy.feature_ids],
                             policy.r2, policy.loo_r2, policy.accuracy,

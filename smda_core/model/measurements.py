@@ -92,6 +92,37 @@ class PairShifts:
                    response_refuses=arrays.get("response_refuses"), prompt_coo=coo,
                    **{name: arrays[name] for name in cls.ARRAYS})
 
+    @classmethod
+    def concat(cls, parts: list[PairShifts], *, atol: float = 1e-9) -> PairShifts:
+        """The shifts of several shards of pairs as one, in the order given.
+
+        A pair's step starts from the base weights, so shards measured apart (other processes,
+        other machines) concatenate to what one run over all the pairs measures. The base readout
+        (X_base, y_base, p_base) each shard measured must agree to `atol`: a node that reads the
+        probes differently (another model file, another dtype) is an error, not an average.
+        """
+        if not parts:
+            raise SMDAError("no shards to concatenate")
+        first = parts[0]
+        for i, part in enumerate(parts[1:], start=1):
+            if not np.array_equal(part.feature_ids, first.feature_ids) or part.settings != first.settings:
+                raise SMDAError(f"shard {i} was measured for other policy features or shift settings than shard 0")
+            for name in ("X_base", "y_base", "p_base"):
+                if not np.allclose(getattr(part, name), getattr(first, name), rtol=0, atol=atol):
+                    raise SMDAError(f"shard {i} measured another base readout ({name} differs from shard 0 by more than "
+                                    f"{atol}): every worker must load the same model, SAE and dtype")
+        stacked = {name: np.concatenate([getattr(p, name) for p in parts]) for name in
+                   ("dX_exact", "dX_linearised", "dY", "dP", "active_flips", "prompt_X", "seconds")}
+        refuses = None if any(p.response_refuses is None for p in parts) else np.concatenate([p.response_refuses for p in parts])
+        coo = None
+        if all(p.prompt_coo is not None for p in parts):
+            offsets = np.cumsum([0] + [len(p.pair_ids) for p in parts[:-1]])
+            coo = (np.concatenate([p.prompt_coo[0] + o for p, o in zip(parts, offsets)]),
+                   np.concatenate([p.prompt_coo[1] for p in parts]), np.concatenate([p.prompt_coo[2] for p in parts]))
+        return cls(pair_ids=[pid for p in parts for pid in p.pair_ids], feature_ids=first.feature_ids, X_base=first.X_base,
+                   y_base=first.y_base, p_base=first.p_base, settings=first.settings, response_refuses=refuses,
+                   prompt_coo=coo, **stacked)
+
     def prompt_features(self, width: int) -> np.ndarray:
         """Every SAE feature of each pair's own prompt, dense (m, width)."""
         out = np.zeros((len(self.pair_ids), width))

@@ -73,24 +73,25 @@ def linearised_dx(sae, feature_ids: np.ndarray, hidden_base: list[torch.Tensor],
     The gate is the SAE's own: a feature counts as open where its activation at θ is > 0
     (ReLU, TopK and JumpReLU alike), so the linearisation never flips a feature.
     """
-    cols = torch.as_tensor(np.array(feature_ids))
+    device = sae.W_enc.device  # the readout keeps hidden states on the CPU; the SAE may be on a GPU
+    cols = torch.as_tensor(np.array(feature_ids), device=device)
     W = sae.W_enc[:, cols]
     if position in ("end_of_turn", "last"):  # one token per probe: all probes in one product
-        h0 = torch.cat(hidden_base).to(W.dtype)
-        h1 = torch.cat(hidden_new).to(W.dtype)
-        return (((h1 - h0) @ W) * (sae.encode(h0)[:, cols] > 0)).double().numpy()
+        h0 = torch.cat(hidden_base).to(device, W.dtype)
+        h1 = torch.cat(hidden_new).to(device, W.dtype)
+        return (((h1 - h0) @ W) * (sae.encode(h0)[:, cols] > 0)).double().cpu().numpy()
     rows = []
     for h0, h1 in zip(hidden_base, hidden_new):
-        h0 = h0.to(W.dtype)
-        h1 = h1.to(W.dtype)
+        h0 = h0.to(device, W.dtype)
+        h1 = h1.to(device, W.dtype)
         acts0 = sae.encode(h0)[:, cols]
         d = ((h1 - h0) @ W) * (acts0 > 0)
         if position == "max":
             arg = acts0.argmax(0)
-            d = d[arg, torch.arange(len(cols))]
+            d = d[arg, torch.arange(len(cols), device=device)]
         else:
             d = d.mean(0)
-        rows.append(d.double().numpy())
+        rows.append(d.double().cpu().numpy())
     return np.stack(rows)
 
 
