@@ -38,7 +38,9 @@ def test_curation_variants_and_comparison_equal_an_independent_retraining(runtim
     independent = curation.evaluate(curation.retrain(runtime.model, runtime.tokenizer, kept, settings), runtime.sae, ev)
     assert by["curated"].metrics == independent and by["curated"].n_pairs == len(kept)
     assert by["oracle"].n_pairs == len(rows) - len(oracle) and len(by["random_seed_0"].dropped) == len(dropped)
-    assert by["oracle"].metrics["f1"] > by["full"].metrics["f1"]  # the planted bad pairs do hurt
+    # the planted bad pairs do hurt: without them harmful requests are refused more (recall). Overall F1 need not
+    # rise: trigger pairs also cure over-refusal of harmless requests with their phrase (DESIGN §7)
+    assert by["oracle"].metrics["recall"] > by["full"].metrics["recall"]
     cmp = curation.comparison(variants, set(oracle))
     full, cur, orc = (by[v].metrics["f1"] for v in ("full", "curated", "oracle"))
     assert cmp["share_of_oracle_gain"] == pytest.approx((cur - full) / (orc - full))
