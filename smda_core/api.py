@@ -23,6 +23,7 @@ import pyarrow as pa
 from smda_core import inputs
 from smda_core.config import SMDAConfig, load_config
 from smda_core.errors import SMDAError
+from smda_core.inputs.pairs import pair_rows
 from smda_core.model.measurements import GradientShifts, PairShifts, ProbeScores
 from smda_core.policy.fit import Policy, fit_policy
 from smda_core.policy.formula import render_formula
@@ -72,26 +73,10 @@ def read_pairs(sources: Sources, probes: pa.Table, config: SMDAConfig, path: str
 
 def measure_shifts(runtime, policy: Policy, pairs: pa.Table, *, settings=None, progress: bool = True) -> PairShifts:
     """ΔX, ΔY, ΔP of every pair over every probe (DESIGN §4 "Shift")."""
-    from smda_core.model.shifts import ProbeSetup, measure_pair_shifts
+    from smda_core.model.shifts import measure_pair_shifts
 
-    cfg = runtime.config
-    setup = ProbeSetup(runtime.encoded, runtime.refusal_openings, runtime.compliance_openings, cfg.behaviour.kind,
-                       cfg.features.position, runtime.hook_layer, runtime.pad_id)
-    rows = list(zip(pairs["pair_id"].to_pylist(), pairs["prompt"].to_pylist(), pairs["response"].to_pylist()))
-    return measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, setup, policy.feature_ids, rows,
-                               settings or cfg.shifts, progress=progress)
-
-
-def _setup(runtime):
-    from smda_core.model.shifts import ProbeSetup
-
-    cfg = runtime.config
-    return ProbeSetup(runtime.encoded, runtime.refusal_openings, runtime.compliance_openings, cfg.behaviour.kind,
-                      cfg.features.position, runtime.hook_layer, runtime.pad_id)
-
-
-def _rows(pairs: pa.Table) -> list[tuple[str, str, str]]:
-    return list(zip(pairs["pair_id"].to_pylist(), pairs["prompt"].to_pylist(), pairs["response"].to_pylist()))
+    return measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, runtime.probe_setup(), policy.feature_ids,
+                               pair_rows(pairs), settings or runtime.config.shifts, progress=progress)
 
 
 def gradient_shifts(runtime, policy: Policy, pairs: pa.Table, *, settings=None, gradient=None, progress: bool = True,
@@ -99,22 +84,28 @@ def gradient_shifts(runtime, policy: Policy, pairs: pa.Table, *, settings=None, 
     """The gradient tier (DESIGN §4 "Three tiers"): first-order ΔY, ΔP per probe and the ΔX pathway of Δβ per pair.
 
     Returns (GradientShifts, G); pass G back as `probe_grads` to score more pairs against the same policy."""
-    from smda_core.attribution.pathways import via_x_weights
     from smda_core.model.gradients import measure_gradient_shifts
 
     cfg = runtime.config
-    scale = np.diag(policy.shift(np.eye(policy.k)))  # ΔZ = ΔX · scale (per feature)
-    weights = via_x_weights(policy.Z, policy.fit) * scale[None, None, :]
-    return measure_gradient_shifts(runtime.model, runtime.tokenizer, runtime.sae, _setup(runtime), policy.feature_ids,
-                                   weights, _rows(pairs), settings or cfg.shifts, gradient or cfg.gradient,
+    return measure_gradient_shifts(runtime.model, runtime.tokenizer, runtime.sae, runtime.probe_setup(), policy.feature_ids,
+                                   gradient_functionals(policy), pair_rows(pairs), settings or cfg.shifts, gradient or cfg.gradient,
                                    progress=progress, probe_grads=probe_grads)
+
+
+def gradient_functionals(policy: Policy) -> np.ndarray:
+    """(F, n, k): the fixed linear functionals of the raw activation shifts behind Δβ's ΔX pathway, which the
+    gradient tier differentiates once (G) instead of measuring ΔX per pair."""
+    from smda_core.attribution.pathways import via_x_weights
+
+    scale = np.diag(policy.shift(np.eye(policy.k)))  # ΔZ = ΔX · scale (per feature)
+    return via_x_weights(policy.Z, policy.fit) * scale[None, None, :]
 
 
 def screen_pairs(runtime, policy: Policy, pairs: pa.Table):
     """The screen tier: one forward pass over each pair's prompt; the policy read on it (DESIGN §4 "Three tiers")."""
     from smda_core.model.gradients import screen_pairs as _screen
 
-    return _screen(runtime.model, runtime.tokenizer, runtime.sae, _setup(runtime), policy.feature_ids, _rows(pairs),
+    return _screen(runtime.model, runtime.tokenizer, runtime.sae, runtime.probe_setup(), policy.feature_ids, pair_rows(pairs),
                    batch_size=runtime.config.shifts.batch_size)
 
 

@@ -53,6 +53,14 @@ class ModelRuntime:
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
 
+    def probe_setup(self):
+        """The probes and openings as the pair steps (exact, gradient, screen) read them."""
+        from smda_core.model.shifts import ProbeSetup
+
+        cfg = self.config
+        return ProbeSetup(self.encoded, self.refusal_openings, self.compliance_openings, cfg.behaviour.kind,
+                          cfg.features.position, self.hook_layer, self.pad_id)
+
     def with_sae(self, sae) -> ModelRuntime:
         """The same model and probes read through another SAE (stability across SAE seeds)."""
         return dataclasses.replace(self, sae=sae)

@@ -107,6 +107,55 @@ def test_an_incomplete_shard_is_never_read(runtime, policy, tmp_path):
         store.gather(shards, PairShifts)
 
 
+def _gradient_runtime(runtime, n_probes=40):
+    """The runtime with few probes and the gradient tier in float64 (so that shard results can agree to 1e-9)."""
+    import dataclasses
+
+    cfg = runtime.config
+    cfg = cfg.replace(gradient=cfg.gradient.replace(dtype="float64", pair_batch=2))
+    return dataclasses.replace(_few_probes(runtime, n_probes), config=cfg)
+
+
+def test_gradient_shards_reading_g_from_its_file_equal_one_run(runtime, policy, tmp_path):
+    """The gradient tier over shards of 2, each step reading G from the file the batch's first step wrote (as a Ray
+    worker does), equals one run of the tier with G computed in place (float64, 1e-9). A second preparation reads
+    the file instead of computing G again; a G file for other inputs is refused, naming the file."""
+    from smda_core.api import gradient_functionals
+    from smda_core.errors import SMDAError
+    from smda_core.execution.shards import gradient_shift_step, prepare_gradient_tier, release_gradient_tier
+    from smda_core.model.gradients import ProbeGradients, measure_gradient_shifts
+    from smda_core.model.measurements import GradientShifts
+
+    rt = _gradient_runtime(runtime)
+    pairs = _pairs(rt, 5)
+    weights = gradient_functionals(policy)[:, : len(rt.encoded)]
+    whole, G = measure_gradient_shifts(rt.model, rt.tokenizer, rt.sae, rt.probe_setup(), policy.feature_ids, weights,
+                                       inputs.pair_rows(pairs), rt.config.shifts, rt.config.gradient, progress=False)
+    folder = tmp_path / "g"
+    key, g_file = prepare_gradient_tier(rt, feature_ids=policy.feature_ids, x_weights=weights, folder=str(folder))
+    release_gradient_tier()  # the shard steps below read G from the file
+    stored = ProbeGradients.load(Path(g_file), key=key)
+    np.testing.assert_array_equal(stored.logr.numpy(), G.logr.numpy())
+    store = ShardStore(tmp_path / "shards")
+    shards = plan_shards(pairs["pair_id"].to_pylist(), SHARD)
+    for s in shards:
+        store.write(s, gradient_shift_step(rt, pairs.slice(s.start, s.stop - s.start), feature_ids=policy.feature_ids,
+                                           g_file=g_file, key=key), seconds=0.0)
+    release_gradient_tier()
+    gathered = store.gather(shards, GradientShifts)
+    assert gathered.pair_ids == whole.pair_ids
+    for name in ("dY", "dP", "via_x", "prompt_X", "response_refuses", "X_base", "y_base"):
+        np.testing.assert_allclose(getattr(gathered, name), getattr(whole, name), rtol=0, atol=1e-9, err_msg=name)
+    assert np.abs(whole.dY).max() > 0  # the shifts are not all zero
+
+    mtime = Path(g_file).stat().st_mtime_ns
+    assert prepare_gradient_tier(rt, feature_ids=policy.feature_ids, x_weights=weights, folder=str(folder)) == (key, g_file)
+    release_gradient_tier()
+    assert Path(g_file).stat().st_mtime_ns == mtime and len(list(folder.glob("G-*.safetensors"))) == 1
+    with pytest.raises(SMDAError, match=Path(g_file).name):
+        ProbeGradients.load(Path(g_file), key="another")
+
+
 # ---- Ray -----------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -137,9 +186,12 @@ def warehouse(tmp_path_factory, runtime):
     return cfg, sft, root / "warehouse.duckdb", _views(root / "warehouse.duckdb")
 
 
-def _write_config(cfg: Path, sft: Path, wh: Path, engine: str) -> None:
-    cfg.write_text(yaml.safe_dump({"demo": {"cache_dir": CACHE}, "data": {"sft": [str(sft)]}, "warehouse": str(wh),
-                                   "execution": {"engine": engine, "shard_size": SHARD, "max_retries": 2}}))
+def _write_config(cfg: Path, sft: Path, wh: Path, engine: str, extra: dict | None = None) -> None:
+    base = {"demo": {"cache_dir": CACHE}, "data": {"sft": [str(sft)]}, "warehouse": str(wh),
+            "execution": {"engine": engine, "shard_size": SHARD, "max_retries": 2}}
+    for section, values in (extra or {}).items():
+        base[section] = {**base.get(section, {}), **values}
+    cfg.write_text(yaml.safe_dump(base))
 
 
 def _views(wh: Path) -> dict:
@@ -173,8 +225,8 @@ def _rerun_on_ray(warehouse, during=None) -> tuple[str, object]:
     from smda_assets.run import BATCH_KEYS, _run, default_instance
     from smda_core.store.warehouse import session
 
-    cfg, sft, wh, _ = warehouse
-    _write_config(cfg, sft, wh, "ray")
+    cfg, sft, wh, _ = warehouse[:4]
+    _write_config(cfg, sft, wh, "ray", warehouse[4] if len(warehouse) > 4 else None)
     resource = SMDAResource(config_path=str(cfg))
     instance = default_instance(resource)
     batch = instance.get_dynamic_partitions("sft_batches")[0]
@@ -203,6 +255,53 @@ def test_ray_engine_views_equal_local_engine_views(local_ray, warehouse):
     assert shards == [f"shard-{i:05d}.json" for i in range(-(-N_PAIRS // SHARD))]
     _views_equal(warehouse[3], _views(wh))
     assert query(wh, "SELECT count(*) AS n FROM smda.pair_summary")["n"][0].as_py() == N_PAIRS
+
+
+@pytest.fixture(scope="module")
+def gradient_warehouse(tmp_path_factory, runtime):
+    """The gradient tier (float64, so that shards can agree to 1e-9) with an exact sample of 2 pairs, on every fourth
+    demo probe (G costs a backward pass per policy feature per chunk of probes), materialised with `engine: local`."""
+    from smda_assets.run import materialize_all
+
+    from smda_core.sources import resolve_sources
+
+    root = tmp_path_factory.mktemp("engines-gradient")
+    src = resolve_sources(runtime.config, progress=False)
+    sft, probes = root / "sft" / "batch_a.jsonl", root / "probes.jsonl"
+    inputs.write_jsonl(sft, [json.loads(line) for line in open(src.sft[0])][:N_PAIRS])
+    inputs.write_jsonl(probes, [json.loads(line) for line in open(src.probes)][::4])
+    extra = {"data": {"probes": str(probes)}, "shifts": {"method": "gradient"},
+             "gradient": {"dtype": "float64", "pair_batch": 4}, "validate": {"sample": 2}}
+    cfg = root / "smda.yaml"
+    _write_config(cfg, sft, root / "warehouse.duckdb", "local", extra)
+    materialize_all(str(cfg))
+    return cfg, sft, root / "warehouse.duckdb", _views(root / "warehouse.duckdb"), extra
+
+
+def test_gradient_tier_on_ray_equals_local_and_g_is_computed_once(local_ray, gradient_warehouse):
+    """The gradient tier and its exact sample as Ray tasks (shards of 2 on 2 workers): every pair view and the method
+    agreement equal the local engine's to 1e-9; G is read from the file the local run kept, not computed again."""
+    from smda_core.store.query import query
+
+    wh = gradient_warehouse[2]
+    g_files = list((wh.parent / "warehouse.files" / "cache" / "probe-gradients").glob("G-*.safetensors"))
+    assert len(g_files) == 1
+    mtime = g_files[0].stat().st_mtime_ns
+    agreement = query(wh, "SELECT * FROM smda.v_method_agreement ORDER BY ALL").to_pandas()
+    batch, _ = _rerun_on_ray(gradient_warehouse)
+    folder = wh.parent / "warehouse.files" / "staging" / batch
+    assert sorted(p.name for p in (folder / "shards-gradient").glob("shard-*.json") if ".started-" not in p.name) == \
+        [f"shard-{i:05d}.json" for i in range(-(-N_PAIRS // SHARD))]
+    assert len(list((folder / "shards").glob("shard-*.npz"))) == 1  # the exact sample: 2 pairs, one shard
+    assert g_files[0].stat().st_mtime_ns == mtime  # read, not written again
+    _views_equal(gradient_warehouse[3], _views(wh))
+    methods = query(wh, "SELECT DISTINCT method FROM smda.v_pair_attribution ORDER BY 1")["method"].to_pylist()
+    assert "gradient" in methods and query(wh, "SELECT count(*) AS n FROM smda.pair_summary WHERE NOT sample")["n"][0].as_py() == N_PAIRS
+    again = query(wh, "SELECT * FROM smda.v_method_agreement ORDER BY ALL").to_pandas()
+    assert len(agreement) > 0 and len(again) == len(agreement)
+    for col in agreement.columns:
+        if agreement[col].dtype.kind == "f":
+            np.testing.assert_allclose(again[col].to_numpy(), agreement[col].to_numpy(), rtol=0, atol=1e-9, err_msg=col)
 
 
 def _kill_first_started(resource, batch, killed: list) -> None:

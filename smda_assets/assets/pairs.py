@@ -54,8 +54,8 @@ def sft_pairs(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mater
           description="ΔX, ΔY of every pair over every probe after one optimiser step on that pair")
 def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.MaterializeResult:
     from smda_core.api import load_runtime
-    from smda_core.execution import measure_batch_shifts, shard_folder
-    from smda_core.experiments.tiers import exact_sample, measure_tier
+    from smda_core.execution import gradient_cache_folder, measure_batch_shifts, shard_folder
+    from smda_core.experiments.tiers import exact_sample
 
     version = computed_from(context, smda, "pair_shifts")
     cfg = smda.config()
@@ -64,25 +64,35 @@ def pair_shifts(context: dg.AssetExecutionContext, smda: SMDAResource) -> dg.Mat
     policy, policy_version = smda.stored_policy()
     method = cfg.shifts.method
     meta = {"method": method}
+    runtime = load_runtime(cfg, progress=False) if cfg.execution.engine == "local" else None  # one model for both tiers
+
+    def measure(rows, tier: str):
+        if cfg.execution.engine == "ray":
+            context.log.info(f"batch {batch}: {rows.num_rows} pairs ({tier}) as Ray tasks of {cfg.execution.shard_size} pairs")
+        return measure_batch_shifts(cfg, policy, rows, method=tier, runtime=runtime,
+                                    folder=shard_folder(cfg, smda.stage.folder(batch), batch, tier),
+                                    cache=gradient_cache_folder(cfg, smda.files),
+                                    on_shard=lambda record, done, total: context.log.info(_shard_line(record, done, total)))
+
     if method == "exact":
         smda.stage.remove(batch, "tier.npz")
         exact_pairs = pairs
-    else:  # the cheaper tier for every pair (on this machine), exact on the validation sample (on the engine)
-        tier = measure_tier(load_runtime(cfg, progress=False), policy, pairs, method)
+    else:  # the cheaper tier for every pair, exact on the validation sample, both on the engine
+        run = measure(pairs, method)
+        tier = run.result
         smda.stage.save_tier(batch, tier)
         exact_pairs = exact_sample(pairs, cfg.validation.sample, cfg.validation.seed)
-        meta.update(seconds_per_pair=float(tier.seconds.mean()), exact_sample=exact_pairs.num_rows)
-        context.log.info(f"{method}: {len(tier.pair_ids)} pairs, {tier.seconds.mean():.4f} s per pair")
+        meta.update(seconds_per_pair=float(tier.seconds.mean()), exact_sample=exact_pairs.num_rows,
+                    **_engine_metadata(run, method))
+        context.log.info(f"{method}: {len(tier.pair_ids)} pairs, {tier.seconds.mean():.4f} s per pair ({run.engine} engine"
+                         + (f", Ray at {run.address}" if run.address else "") + ")")
     if exact_pairs.num_rows:
-        if cfg.execution.engine == "ray":
-            context.log.info(f"batch {batch}: {exact_pairs.num_rows} pairs as Ray tasks of {cfg.execution.shard_size} pairs")
-        run = measure_batch_shifts(cfg, policy, exact_pairs, folder=shard_folder(cfg, smda.stage.folder(batch), batch),
-                                   on_shard=lambda record, done, total: context.log.info(_shard_line(record, done, total)))
+        run = measure(exact_pairs, "exact")
         shifts = run.result
         smda.stage.save_shifts(batch, shifts)
         meta.setdefault("seconds_per_pair", float(shifts.seconds.mean()))
         meta.update(exact_pairs=len(shifts.pair_ids), exact_seconds_per_pair=float(shifts.seconds.mean()),
-                    dtype=shifts.settings.dtype, **_engine_metadata(run))
+                    dtype=shifts.settings.dtype, **_engine_metadata(run, "exact" if method != "exact" else None))
         context.log.info(f"exact: {len(shifts.pair_ids)} pairs, {shifts.seconds.mean():.2f} s per pair ({run.engine} engine"
                          + (f", Ray at {run.address}" if run.address else "") + ")")
     else:
@@ -97,16 +107,22 @@ def _shard_line(record: dict, done: int, total: int) -> str:
             f"on {record.get('host')} pid {record.get('pid')}{retried}")
 
 
-def _engine_metadata(run) -> dict:
-    """Where a batch's pair steps ran, for the Dagster UI: the engine, the Ray address, each shard."""
+def _engine_metadata(run, prefix: str | None = None) -> dict:
+    """Where a batch's pair steps ran, for the Dagster UI: the engine, the Ray address, each shard. With a cheaper
+    tier, the exact sample's entries are prefixed `exact_`; the tier's keep the plain names."""
     if run.engine == "local":
-        return {"engine": "local"}
-    rows = [{"shard": r["shard"], "pairs": len(r["pair_ids"]), "seconds": round(r["seconds"], 2), "host": r.get("host"),
-             "attempts": r.get("attempts", 1)} for r in run.shards]
-    lines = ["| shard | pairs | seconds | host | attempts |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['shard']} | {r['pairs']} | {r['seconds']} | {r['host']} | {r['attempts']} |" for r in rows]
-    return {"engine": "ray", "ray_address": run.address or "-", "shards": len(rows), "retried_shards": len(run.retried),
-            "shard_table": dg.MetadataValue.md("\n".join(lines))}
+        meta = {"engine": "local"}
+    else:
+        rows = [{"shard": r["shard"], "pairs": len(r["pair_ids"]), "seconds": round(r["seconds"], 2), "host": r.get("host"),
+                 "attempts": r.get("attempts", 1)} for r in run.shards]
+        lines = ["| shard | pairs | seconds | host | attempts |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['shard']} | {r['pairs']} | {r['seconds']} | {r['host']} | {r['attempts']} |" for r in rows]
+        meta = {"engine": "ray", "ray_address": run.address or "-", "shards": len(rows), "retried_shards": len(run.retried),
+                "shard_table": dg.MetadataValue.md("\n".join(lines))}
+    if prefix:
+        meta = {"engine": meta["engine"], **{f"{prefix}_{k}": v for k, v in meta.items() if k not in ("engine", "ray_address")},
+                **({"ray_address": meta["ray_address"]} if "ray_address" in meta else {})}
+    return meta
 
 
 @dg.multi_asset(

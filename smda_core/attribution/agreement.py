@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from smda_core.attribution import score_names
 from smda_core.attribution.separation import spearman
 
-SUMMARY_SCORES = ("score", "margin_shift", "local_shift", "worst_group_shift", "specific_shift", "screen_consistency", "alignment",
-                  "correctness_shift", "dy_harmful", "dy_harmless")
+SUMMARY_SCORES = score_names.ONE_METHOD
 PATHWAYS = {"delta_beta": "delta_beta", "via_x": "via_x", "via_y": "via_y"}
 
 

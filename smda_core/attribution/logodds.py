@@ -28,9 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from smda_core.attribution import score_names
 from smda_core.errors import InputError
 
-SCORES = ("margin_shift", "local_shift", "worst_group_shift", "specific_shift")
+SCORES = score_names.LOGODDS
 MIN_TYPE_PAIRS = 5  # pairs of a response type needed to estimate its generic push
 
 

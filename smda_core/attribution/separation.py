@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from smda_core.attribution import score_names
 from smda_core.errors import InputError
 
 
@@ -58,8 +59,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 GOOD_KINDS = {True: "harmful_refusal", False: "harmless_compliance"}
 """The good pairs of each prompt kind (harmful prompt → refusal, harmless prompt → compliance)."""
-SCORES = ("score", "margin_shift", "local_shift", "worst_group_shift", "specific_shift", "screen_consistency", "alignment_refit",
-          "alignment_linear", "correctness_shift", "dy_harmful", "dy_harmless")
+SCORES = score_names.ALL
 
 
 def separation_table(summary: pd.DataFrame, scores=SCORES) -> pd.DataFrame:

@@ -103,6 +103,26 @@ def _run_shard(config: dict, sources: Sources, step: PairStep, pairs: pa.Table, 
     return store.write(shard, result, seconds=time.perf_counter() - t0)
 
 
+def _with_runtime(config: dict, sources: Sources, fn: Callable, kwargs: dict):
+    """One Ray task: `fn(runtime, **kwargs)` with this worker's cached model runtime."""
+    return fn(_worker_runtime(config, sources), **kwargs)
+
+
+def run_with_runtime(settings: ExecutionSettings, config: SMDAConfig, sources: Sources, fn: Callable, **kwargs):
+    """`fn(runtime, **kwargs)` as one Ray task on a worker with the model loaded (and kept there for its shards),
+    with a shard task's resources: the gradient tier's G is computed this way, on the workers' devices."""
+    ray = _ray()
+    connect(settings)
+    task = ray.remote(_with_runtime).options(num_cpus=settings.cpus_per_task, num_gpus=settings.gpus_per_task,
+                                             max_retries=settings.max_retries, retry_exceptions=False,
+                                             name=f"smda-{getattr(fn, '__name__', 'task')}",
+                                             **({"memory": settings.memory_mb * 2**20} if settings.memory_mb else {}))
+    try:
+        return ray.get(task.remote(config.model_dump(), absolute_sources(sources), fn, kwargs))
+    except ray.exceptions.RayError as exc:
+        raise SMDAError(f"{getattr(fn, '__name__', 'task')} on Ray failed: {_cause(exc)}") from None
+
+
 def run_shards(settings: ExecutionSettings, config: SMDAConfig, sources: Sources, step: PairStep, pairs: pa.Table,
                store: ShardStore, result_type: type, *,
                on_shard: Callable[[dict, int, int], None] | None = None) -> ShardRun:

@@ -3,8 +3,8 @@
 A *pair step* measures some pairs with the model: ``step(runtime, pairs) -> result``, where
 `pairs` is a slice of the batch's SFT table and `result` a PairShifts-like value (it has
 ``as_arrays()``, ``from_arrays(arrays, meta)`` and ``concat(parts)``). Every tier of DESIGN §4
-is one: the exact tier is :func:`exact_shift_step`; another tier registers its own step and
-result type, and the engines run it unchanged.
+is one: :func:`exact_shift_step`, :func:`gradient_shift_step` (G read from the batch's G file, once
+per worker process) and :func:`screen_shift_step`; the engines run each unchanged.
 
 A pair's step starts from the base weights and restores them, so the result of a pair does
 not depend on the other pairs: shards measured anywhere concatenate, in pair order, to the
@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from smda_core.errors import SMDAError
 from smda_core.hashing import file_sha256
+from smda_core.inputs.pairs import pair_rows
 from smda_core.store.arrays import load_arrays, save_arrays
 
 SHARD_SCHEMA = "pair_step_shard"
@@ -95,14 +96,60 @@ def plan_shards(pair_ids: Sequence[str], shard_size: int) -> list[Shard]:
 
 def exact_shift_step(runtime, pairs: pa.Table, *, feature_ids: np.ndarray, settings) -> ShardResult:
     """The exact tier (DESIGN §4): one optimiser step per pair, every probe re-measured (a PairShifts)."""
-    from smda_core.model.shifts import ProbeSetup, measure_pair_shifts
+    from smda_core.model.shifts import measure_pair_shifts
+
+    return measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, runtime.probe_setup(), feature_ids,
+                               pair_rows(pairs), settings, progress=False)
+
+
+_TIERS: dict[str, object] = {}  # in each worker process: the gradient tier prepared for the last G it loaded
+
+
+def prepare_gradient_tier(runtime, *, feature_ids: np.ndarray, x_weights: np.ndarray, folder: str) -> tuple[str, str]:
+    """G for this policy, read from `folder` when computed before (another batch, an earlier run) or computed and
+    saved there; the prepared tier stays in this process for the shard steps that follow. Returns (key, G file)."""
+    from smda_core.model.gradient_cache import cached_probe_gradients
 
     cfg = runtime.config
-    setup = ProbeSetup(runtime.encoded, runtime.refusal_openings, runtime.compliance_openings, cfg.behaviour.kind,
-                       cfg.features.position, runtime.hook_layer, runtime.pad_id)
-    rows = list(zip(pairs["pair_id"].to_pylist(), pairs["prompt"].to_pylist(), pairs["response"].to_pylist()))
-    return measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, setup, feature_ids, rows, settings,
-                               progress=False)
+    tier, key, path = cached_probe_gradients(Path(folder), runtime.model, runtime.sae, runtime.probe_setup(), feature_ids,
+                                             x_weights, cfg.shifts, cfg.gradient)
+    _TIERS.clear()
+    _TIERS[key] = tier
+    return key, str(path)
+
+
+def release_gradient_tier() -> None:
+    """Drop this process's prepared gradient tier (its G and model copies)."""
+    _TIERS.clear()
+
+
+def gradient_shift_step(runtime, pairs: pa.Table, *, feature_ids: np.ndarray, g_file: str, key: str) -> ShardResult:
+    """The gradient tier (DESIGN §4) over a shard: G read once per worker process from the batch's G file
+    (computed by the step that planned the shards), then one batched backward pass per pair batch."""
+    from smda_core.model.gradients import GradientTier, ProbeGradients
+
+    if key not in _TIERS:
+        _TIERS.clear()  # one prepared tier per worker: G is probes × gradient dimension floats
+        cfg = runtime.config
+        _TIERS[key] = GradientTier.prepare(runtime.model, runtime.sae, runtime.probe_setup(), feature_ids, None, cfg.shifts,
+                                           cfg.gradient, probe_grads=ProbeGradients.load(Path(g_file), key=key))
+    return _TIERS[key].shifts(runtime.tokenizer, pair_rows(pairs))
+
+
+def screen_shift_step(runtime, pairs: pa.Table, *, feature_ids: np.ndarray, X_base: np.ndarray,
+                      y_base: np.ndarray) -> ShardResult:
+    """The screen tier (DESIGN §4) over a shard: one forward pass over each pair's prompt, no shift (a GradientShifts
+    with method 'screen' and empty shift arrays)."""
+    from smda_core.model.gradients import screen_pairs
+    from smda_core.model.measurements import GradientShifts
+
+    screen = screen_pairs(runtime.model, runtime.tokenizer, runtime.sae, runtime.probe_setup(), feature_ids, pair_rows(pairs),
+                          batch_size=runtime.config.shifts.batch_size)
+    m, n = len(screen.pair_ids), len(y_base)
+    empty = np.zeros((m, 0))
+    return GradientShifts(screen.pair_ids, np.asarray(feature_ids), X_base, y_base, np.full(n, np.nan), empty, empty, empty,
+                          screen.prompt_X, screen.seconds, runtime.config.shifts, response_refuses=screen.response_refuses,
+                          prompt_coo=screen.prompt_coo, method="screen")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from smda_core.attribution import score_names
 from smda_core.model.chat import EncodedPrompt, context_length, encode_pair
 from smda_core.config import CurationSettings
 from smda_core.errors import SMDAError
@@ -120,8 +121,7 @@ def _score(t: PairTable, name: str) -> np.ndarray:
     return t.scores[name]
 
 
-KIND_FREE = ("score", "margin_shift", "local_shift", "worst_group_shift", "specific_shift", "screen_consistency")
-"""Scores where higher means a better pair to keep, whatever the prompt: `quantitative` drops their low outliers."""
+KIND_FREE = score_names.KIND_FREE  # `quantitative` drops their low outliers
 OUTLIER_Z = 3.0
 
 
@@ -258,9 +258,7 @@ def pair_table(summary, pairs) -> PairTable:
         raise SMDAError("the SFT metadata needs a `harmful` column (is the pair's prompt harmful?) for the curation rules")
     harmful = np.asarray([pairs["harmful"][i].as_py() for i in rows], dtype=bool)
     kind = np.asarray([pairs["kind"][i].as_py() for i in rows]) if "kind" in pairs.column_names else None
-    scores = {c: np.asarray(summary[c].to_pylist(), dtype=float) for c in
-              ("score", "margin_shift", "local_shift", "worst_group_shift", "specific_shift", "screen_consistency", "alignment",
-               "alignment_refit", "alignment_linear", "correctness_shift", "dy_harmful", "dy_harmless", "interference")
+    scores = {c: np.asarray(summary[c].to_pylist(), dtype=float) for c in (*score_names.ALL, "alignment", "interference")
               if c in summary.column_names}
     if "dy_harmless" in scores:  # higher = better for both prompt kinds, as the rules expect
         scores["neg_dy_harmless"] = -scores["dy_harmless"]

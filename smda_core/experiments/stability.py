@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from smda_core.attribution import score_names
 from smda_core.attribution.separation import bad_pair_auc, spearman
 
 
@@ -89,8 +90,7 @@ def harm_feature_agreement(runs: Sequence[SeedRun], kinds: np.ndarray, threshold
     return rows
 
 
-STABLE_SCORES = ("score", "margin_shift", "local_shift", "worst_group_shift", "specific_shift", "screen_consistency", "alignment_refit",
-                 "alignment_linear", "correctness_shift", "dy_harmful")
+STABLE_SCORES = score_names.ALL
 
 
 def run_stability(runtime, config, pairs, *, sae_dirs: Sequence[tuple[int, str]], progress: bool = True) -> list[SeedRun]:

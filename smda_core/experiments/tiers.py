@@ -15,7 +15,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from smda_core.config import SMDAConfig
-from smda_core.model.measurements import GradientShifts
 
 
 def exact_sample(pairs: pa.Table, n: int, seed: int) -> pa.Table:
@@ -25,20 +24,6 @@ def exact_sample(pairs: pa.Table, n: int, seed: int) -> pa.Table:
         return pairs
     idx = np.sort(np.random.default_rng(seed).choice(m, size=n, replace=False))
     return pairs.take(pa.array(idx))
-
-
-def measure_tier(runtime, policy, pairs: pa.Table, method: str) -> GradientShifts:
-    """The gradient tier's shifts, or the screen tier's forward pass (as GradientShifts with method 'screen' and no
-    shifts), for every pair of the batch."""
-    from smda_core import api
-
-    if method == "gradient":
-        return api.gradient_shifts(runtime, policy, pairs, progress=False)[0]
-    screen = api.screen_pairs(runtime, policy, pairs)
-    m, n, k = len(screen.pair_ids), policy.n, policy.k
-    return GradientShifts(screen.pair_ids, policy.feature_ids, policy.X, policy.y, np.full(n, np.nan), np.zeros((m, 0)),
-                          np.zeros((m, 0)), np.zeros((m, 0)), screen.prompt_X, screen.seconds, runtime.config.shifts,
-                          response_refuses=screen.response_refuses, prompt_coo=screen.prompt_coo, method="screen")
 
 
 def attribute_tiers(stage, batch: str, policy, scores, pairs: pa.Table, cfg: SMDAConfig,

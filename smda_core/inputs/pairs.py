@@ -95,6 +95,11 @@ def _normalise_pair_metadata(record: _Record, path: Path) -> None:
 # --------------------------------------------------------------------------- overlap
 
 
+def pair_rows(pairs: pa.Table) -> list[tuple[str, str, str]]:
+    """(pair_id, prompt, response) of each pair, in table order: what the pair steps measure."""
+    return list(zip(pairs["pair_id"].to_pylist(), pairs["prompt"].to_pylist(), pairs["response"].to_pylist()))
+
+
 def probe_overlap(probes: pa.Table, pairs: pa.Table) -> pa.Table:
     """SFT pairs whose trimmed prompt equals a probe's trimmed prompt.
 

@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from smda_core.config import GradientSettings, ShiftSettings
-from smda_core.errors import ConfigError
+from smda_core.errors import ConfigError, SMDAError
 from smda_core.model.chat import context_length, encode_pair, encode_prompt
 from smda_core.model.loading import capture_residual
 from smda_core.model.measurements import GradientShifts
@@ -57,6 +59,32 @@ class ProbeGradients:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.logr, self.xf) + ((self.logc,) if self.logc is not None else ()))
+
+    def save(self, path: Path, *, key: str) -> Path:
+        """G as a safetensors file (no code runs on load), written atomically; `key` names what it was computed from."""
+        from safetensors.torch import save_file
+
+        tensors = {"logr": self.logr.contiguous(), "xf": self.xf.contiguous()}
+        if self.logc is not None:
+            tensors["logc"] = self.logc.contiguous()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        save_file(tensors, str(tmp), metadata={"key": key, "seconds": repr(self.seconds), "schema": "probe_gradients/1"})
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path, *, key: str) -> ProbeGradients:
+        """G from a file written by :meth:`save` for the same `key` (anything else is an error naming the file)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("schema") != "probe_gradients/1" or meta.get("key") != key:
+                raise SMDAError(f"{path}: not the probe gradients of this model, policy and settings "
+                                f"(key {meta.get('key')!r}, expected {key!r})")
+            logc = f.get_tensor("logc") if "logc" in f.keys() else None
+            return cls(f.get_tensor("logr"), logc, f.get_tensor("xf"), float(meta["seconds"]))
 
 
 @dataclass(frozen=True)
@@ -184,62 +212,99 @@ def screen_pairs(model, tokenizer, sae, setup: ProbeSetup, feature_ids: np.ndarr
     return ScreenResult([p[0] for p in pairs], prompt_X, (r.coo_probe, r.coo_feature, r.coo_value), refuses, seconds)
 
 
+@dataclass
+class GradientTier:
+    """The gradient tier prepared once for a policy: measurement copies of the model and SAE, the base readout
+    and G. `shifts(pairs)` then costs one batched backward pass per `pair_batch` pairs and a product with G,
+    for any subset of pairs: a shard measured on its own equals its rows of a run over the batch."""
+
+    read_model: torch.nn.Module  # in shifts.dtype: the base readout and each pair's own prompt (screen)
+    grad_model: torch.nn.Module  # in gradient.dtype: the per-pair gradients (the same module when the dtypes agree)
+    sae: torch.nn.Module
+    setup: ProbeSetup
+    feature_ids: np.ndarray
+    base: object
+    y0: np.ndarray
+    p0: np.ndarray
+    probe_grads: ProbeGradients
+    space: GradientSpace
+    settings: ShiftSettings
+    gradient: GradientSettings
+
+    @classmethod
+    def prepare(cls, model, sae, setup: ProbeSetup, feature_ids: np.ndarray, x_weights: np.ndarray | None,
+                settings: ShiftSettings = ShiftSettings(), gradient: GradientSettings = GradientSettings(), *,
+                probe_grads: ProbeGradients | None = None, progress: bool = False) -> GradientTier:
+        """Copies, base readout and G (computed here unless given; then `x_weights` may be None)."""
+        check_first_order(settings)
+        feature_ids = np.asarray(feature_ids, dtype=np.int64)
+        m_model, m_sae = _measurement_copies(model, sae, settings.dtype)
+        m_model = m_model if m_model is not model else copy.deepcopy(model)  # hooks and eval mode never touch the caller's
+        m_model.eval()
+        for p in m_sae.parameters():
+            p.requires_grad_(False)
+        space = GradientSpace(m_model, gradient.projection, gradient.parameters, gradient.seed)
+        with torch.no_grad():
+            base, y0, p0 = _read(m_model, m_sae, setup, feature_ids, settings.batch_size)
+        g_dtype = _TORCH_DTYPES[gradient.dtype]
+        if probe_grads is None:
+            probe_grads = probe_gradients(m_model, m_sae, setup, feature_ids, space, x_weights,
+                                          batch_size=gradient.probe_batch, dtype=g_dtype, progress=progress)
+        grad_model = m_model
+        if next(m_model.parameters()).dtype != g_dtype:  # per-pair gradients in the gradient dtype, same projections
+            grad_model = copy.deepcopy(m_model).to(g_dtype)
+            space = GradientSpace(grad_model, gradient.projection, gradient.parameters, gradient.seed)
+        return cls(m_model, grad_model, m_sae, setup, feature_ids, base, y0, p0, probe_grads, space, settings, gradient)
+
+    def shifts(self, tokenizer, pairs: Sequence[tuple[str, str, str]], *, progress: bool = False) -> GradientShifts:
+        """First-order ΔY, ΔP over every probe and the ΔX pathway of Δβ for these pairs (see the module doc)."""
+        setup, G = self.setup, self.probe_grads
+        screen = screen_pairs(self.read_model, tokenizer, self.sae, setup, self.feature_ids, pairs,
+                              batch_size=self.settings.batch_size)
+        context = context_length(self.read_model.config)
+        encoded = [encode_pair(tokenizer, prompt, response, name=f"pair {pid}", max_tokens=context)
+                   for pid, prompt, response in pairs]
+        m, n = len(pairs), len(setup.prompts)
+        dlogr = np.zeros((m, n))
+        dlogc = np.zeros((m, n)) if G.logc is not None else None
+        dxf = np.zeros((m, G.xf.shape[0]))
+        seconds = np.zeros(m)
+        eta = self.settings.lr
+        order = sorted(range(m), key=lambda i: len(encoded[i][0]))  # similar lengths share a batch: less padding
+        step = self.gradient.pair_batch
+        for start in tqdm(range(0, m, step), desc="pair gradients", disable=not progress, mininterval=1.0):
+            idx = order[start: start + step]
+            t0 = time.perf_counter()
+            g = pair_gradients(self.grad_model, self.space, [encoded[i] for i in idx], setup.pad_id).T.to(G.logr.dtype)  # (D, B)
+            with torch.no_grad():
+                dlogr[idx] = (-eta * (G.logr @ g)).T.double().numpy()
+                if dlogc is not None:
+                    dlogc[idx] = (-eta * (G.logc @ g)).T.double().numpy()
+                dxf[idx] = (-eta * (G.xf @ g)).T.double().numpy()
+            seconds[idx] = (time.perf_counter() - t0) / len(idx)
+        p = np.exp(np.asarray(self.base.logp_openings[:, : len(setup.refusal_openings)], dtype=np.float64)).sum(1)
+        dP = p[None, :] * dlogr  # first order: Δp = p Δlog p
+        dY = _behaviour_shift(setup.behaviour, p, dlogr, dlogc)
+        return GradientShifts([q[0] for q in pairs], self.feature_ids, self.base.dense, self.y0, self.p0, dY, dP, dxf,
+                              screen.prompt_X, seconds, self.settings, response_refuses=screen.response_refuses,
+                              prompt_coo=screen.prompt_coo,
+                              meta={"projection": self.gradient.projection, "g_seconds": G.seconds, "g_bytes": G.nbytes,
+                                    "dim": self.space.dim})
+
+
 def measure_gradient_shifts(model, tokenizer, sae, setup: ProbeSetup, feature_ids: np.ndarray, x_weights: np.ndarray,
                             pairs: Sequence[tuple[str, str, str]], settings: ShiftSettings = ShiftSettings(),
                             gradient: GradientSettings = GradientSettings(), *, progress: bool = True,
                             probe_grads: ProbeGradients | None = None) -> tuple[GradientShifts, ProbeGradients]:
-    """First-order ΔY, ΔP over every probe and the ΔX pathway of Δβ for every pair (see the module doc).
+    """First-order shifts of `pairs` in one call (:class:`GradientTier` prepared, then run over every pair).
 
     `x_weights` (F, n, k): the functionals of the raw activation shifts to differentiate (the policy's
     `via_x_weights` in raw units). Returns the shifts and G, which can be passed back in (`probe_grads`)
     to score more pairs without recomputing it.
     """
-    check_first_order(settings)
-    feature_ids = np.asarray(feature_ids, dtype=np.int64)
-    m_model, m_sae = _measurement_copies(model, sae, settings.dtype)
-    m_model = m_model if m_model is not model else copy.deepcopy(model)  # hooks and eval mode never touch the caller's
-    m_model.eval()
-    for p in m_sae.parameters():
-        p.requires_grad_(False)
-    space = GradientSpace(m_model, gradient.projection, gradient.parameters, gradient.seed)
-    with torch.no_grad():
-        base, y0, p0 = _read(m_model, m_sae, setup, feature_ids, settings.batch_size)
-    g_dtype = _TORCH_DTYPES[gradient.dtype]
-    if probe_grads is None:
-        probe_grads = probe_gradients(m_model, m_sae, setup, feature_ids, space, x_weights,
-                                      batch_size=gradient.probe_batch, dtype=g_dtype, progress=progress)
-    screen = screen_pairs(m_model, tokenizer, m_sae, setup, feature_ids, pairs, batch_size=settings.batch_size)
-    if next(m_model.parameters()).dtype != g_dtype:  # per-pair gradients in the gradient dtype, same projections
-        m_model = m_model.to(g_dtype)
-        space = GradientSpace(m_model, gradient.projection, gradient.parameters, gradient.seed)
-    context = context_length(model.config)
-    encoded = [encode_pair(tokenizer, prompt, response, name=f"pair {pid}", max_tokens=context) for pid, prompt, response in pairs]
-    m, n = len(pairs), len(setup.prompts)
-    dlogr = np.zeros((m, n))
-    dlogc = np.zeros((m, n)) if probe_grads.logc is not None else None
-    dxf = np.zeros((m, probe_grads.xf.shape[0]))
-    seconds = np.zeros(m)
-    eta = settings.lr
-    order = sorted(range(m), key=lambda i: len(encoded[i][0]))  # similar lengths share a batch: less padding
-    bar = tqdm(range(0, m, gradient.pair_batch), desc="pair gradients", disable=not progress, mininterval=1.0)
-    for start in bar:
-        idx = order[start: start + gradient.pair_batch]
-        t0 = time.perf_counter()
-        g = pair_gradients(m_model, space, [encoded[i] for i in idx], setup.pad_id).T.to(probe_grads.logr.dtype)  # (D, B)
-        with torch.no_grad():
-            dlogr[idx] = (-eta * (probe_grads.logr @ g)).T.double().numpy()
-            if dlogc is not None:
-                dlogc[idx] = (-eta * (probe_grads.logc @ g)).T.double().numpy()
-            dxf[idx] = (-eta * (probe_grads.xf @ g)).T.double().numpy()
-        seconds[idx] = (time.perf_counter() - t0) / len(idx)
-    p = np.exp(np.asarray(base.logp_openings[:, : len(setup.refusal_openings)], dtype=np.float64)).sum(1)
-    dP = p[None, :] * dlogr  # first order: Δp = p Δlog p
-    dY = _behaviour_shift(setup.behaviour, p, dlogr, dlogc)
-    shifts = GradientShifts([q[0] for q in pairs], feature_ids, base.dense, y0, p0, dY, dP, dxf, screen.prompt_X,
-                            seconds, settings, response_refuses=screen.response_refuses, prompt_coo=screen.prompt_coo,
-                            meta={"projection": gradient.projection, "g_seconds": probe_grads.seconds,
-                                  "g_bytes": probe_grads.nbytes, "dim": space.dim})
-    return shifts, probe_grads
+    tier = GradientTier.prepare(model, sae, setup, feature_ids, x_weights, settings, gradient, probe_grads=probe_grads,
+                                progress=progress)
+    return tier.shifts(tokenizer, pairs, progress=progress), tier.probe_grads
 
 
 def _behaviour_shift(kind: str, p: np.ndarray, dlogr: np.ndarray, dlogc: np.ndarray | None) -> np.ndarray:

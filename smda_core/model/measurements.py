@@ -171,6 +171,30 @@ class GradientShifts:
         return arrays, {"settings": self.settings.model_dump(), "meta": self.meta, "method": self.method}
 
     @classmethod
+    def concat(cls, parts: list[GradientShifts], *, atol: float = 1e-9) -> GradientShifts:
+        """Shards of pairs as one, in the order given (each pair's first-order shift is its own gradient against
+        the same G, so shards concatenate to one run); the base readout of every shard must agree to `atol`."""
+        if not parts:
+            raise SMDAError("no shards to concatenate")
+        first = parts[0]
+        for i, part in enumerate(parts[1:], start=1):
+            if (part.method != first.method or not np.array_equal(part.feature_ids, first.feature_ids)
+                    or part.settings != first.settings):
+                raise SMDAError(f"shard {i} was measured by another tier, policy or shift settings than shard 0")
+            for name in ("X_base", "y_base"):
+                if not np.allclose(getattr(part, name), getattr(first, name), rtol=0, atol=atol):
+                    raise SMDAError(f"shard {i} measured another base readout ({name} differs from shard 0 by more than "
+                                    f"{atol}): every worker must load the same model, SAE and dtype")
+        stacked = {name: np.concatenate([getattr(p, name) for p in parts]) for name in
+                   ("dY", "dP", "via_x", "prompt_X", "seconds", "response_refuses")}
+        offsets = np.cumsum([0] + [len(p.pair_ids) for p in parts[:-1]])
+        coo = (np.concatenate([p.prompt_coo[0] + o for p, o in zip(parts, offsets)]),
+               np.concatenate([p.prompt_coo[1] for p in parts]), np.concatenate([p.prompt_coo[2] for p in parts]))
+        return cls(pair_ids=[pid for p in parts for pid in p.pair_ids], feature_ids=first.feature_ids, X_base=first.X_base,
+                   y_base=first.y_base, p_base=first.p_base, settings=first.settings, prompt_coo=coo, meta=first.meta,
+                   method=first.method, **stacked)
+
+    @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> GradientShifts:
         coo = tuple(arrays[k] for k in ("prompt_coo_pair", "prompt_coo_feature", "prompt_coo_value"))
         return cls(pair_ids=arrays["pair_ids"].tolist(), settings=ShiftSettings(**meta["settings"]),
