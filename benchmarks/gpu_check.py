@@ -7,7 +7,9 @@ steps of each tier on the same pairs; it prints seconds per pair, the GPU/CPU sp
 largest |ΔY| difference between the devices (float round-off: the two devices sum in other orders).
 Without CUDA it says so and prints the CPU figures alone (exit 0), so it never fails where no GPU is.
 
-Tiers: `exact` now; once the gradient tier lands (`shifts.method`), every value of that setting.
+Tiers: every value of `shifts.method` (exact, gradient, screen), each through the product's own
+`measure_batch_shifts` with the local engine. The gradient tier's G is computed in the warm-up
+(one pair) and read back from its file for the timed run, as every batch after a policy's first does.
 The SmolLM2 small world is built on first use (≈ 5 min on 2 cores, cached under .cache/smda-real).
 """
 
@@ -44,25 +46,33 @@ def measure(cfg, device: str, tier: str, n_pairs: int, policy=None):
 
     from smda_core import inputs
     from smda_core.api import fit_policy, load_runtime, measure_probes
-    from smda_core.execution import shift_step
+    import tempfile
+    from pathlib import Path
 
-    shifts = {"method": tier} if tier != "exact" else {}
-    cfg = cfg.replace(model=cfg.model.replace(device=device), shifts=cfg.shifts.replace(**shifts))
+    from smda_core.execution import measure_batch_shifts
+
+    cfg = cfg.replace(model=cfg.model.replace(device=device), shifts=cfg.shifts.replace(method=tier))
     runtime = load_runtime(cfg, progress=False)
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_check-"))
     t0 = time.perf_counter()
     probes = measure_probes(runtime, progress=False)
     _sync(torch, device)
     t_read = time.perf_counter() - t0
     policy = policy or fit_policy(probes, cfg.policy)
     pairs = inputs.read_sft_pairs(runtime.sources.sft[0], batch_id="gpu").slice(0, n_pairs)
-    step, _ = shift_step(cfg, policy)
-    step(runtime, pairs.slice(0, 1))  # warm-up: CUDA kernels, allocator
+
+    def step(rows):
+        return measure_batch_shifts(cfg, policy, rows, method=tier, folder=tmp / "shards", cache=tmp / "g",
+                                    runtime=runtime).result
+
+    step(pairs.slice(0, 1))  # warm-up: CUDA kernels, allocator, G
     _sync(torch, device)
     t0 = time.perf_counter()
-    result = step(runtime, pairs)
+    result = step(pairs)
     _sync(torch, device)
     wall = time.perf_counter() - t0
-    return policy, t_read, float(result.seconds.mean()), wall - float(result.seconds.sum()), result.dY
+    compared = result.dY if result.dY.size else result.prompt_X  # screen: no shift, the prompt's features
+    return policy, t_read, float(result.seconds.mean()), wall - float(result.seconds.sum()), compared
 
 
 def _sync(torch, device: str) -> None:
@@ -97,7 +107,7 @@ def main() -> None:
             if "cuda" in rows:
                 diff = float(np.abs(rows["cuda"][2] - rows["cpu"][2]).max())
                 print(f"{world:>14} {tier:>8}  GPU/CPU: {rows['cpu'][1] / rows['cuda'][1]:.1f}× per pair, "
-                      f"readout {rows['cpu'][0] / rows['cuda'][0]:.1f}×, max |ΔY cuda − cpu| = {diff:.1e}")
+                      f"readout {rows['cpu'][0] / rows['cuda'][0]:.1f}×, max |ΔY (screen: X) cuda − cpu| = {diff:.1e}")
 
 
 if __name__ == "__main__":

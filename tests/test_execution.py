@@ -259,8 +259,9 @@ def test_ray_engine_views_equal_local_engine_views(local_ray, warehouse):
 
 @pytest.fixture(scope="module")
 def gradient_warehouse(tmp_path_factory, runtime):
-    """The gradient tier (float64, so that shards can agree to 1e-9) with an exact sample of 2 pairs, on every fourth
-    demo probe (G costs a backward pass per policy feature per chunk of probes), materialised with `engine: local`."""
+    """The gradient tier (float64, so that shards can agree to 1e-9; projected to 16 per side, a small G) with an exact
+    sample of 2 pairs, on every fourth demo probe (G costs a backward pass per policy feature per chunk of probes),
+    materialised with `engine: local`."""
     from smda_assets.run import materialize_all
 
     from smda_core.sources import resolve_sources
@@ -271,7 +272,7 @@ def gradient_warehouse(tmp_path_factory, runtime):
     inputs.write_jsonl(sft, [json.loads(line) for line in open(src.sft[0])][:N_PAIRS])
     inputs.write_jsonl(probes, [json.loads(line) for line in open(src.probes)][::4])
     extra = {"data": {"probes": str(probes)}, "shifts": {"method": "gradient"},
-             "gradient": {"dtype": "float64", "pair_batch": 4}, "validate": {"sample": 2}}
+             "gradient": {"dtype": "float64", "pair_batch": 4, "projection": 16}, "validate": {"sample": 2}}
     cfg = root / "smda.yaml"
     _write_config(cfg, sft, root / "warehouse.duckdb", "local", extra)
     materialize_all(str(cfg))

@@ -60,13 +60,20 @@ class ProbeGradients:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.logr, self.xf) + ((self.logc,) if self.logc is not None else ()))
 
+    def to(self, device) -> ProbeGradients:
+        """G on another device (itself when already there)."""
+        if self.logr.device == torch.device(device):
+            return self
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return ProbeGradients(move(self.logr), move(self.logc), move(self.xf), self.seconds)
+
     def save(self, path: Path, *, key: str) -> Path:
         """G as a safetensors file (no code runs on load), written atomically; `key` names what it was computed from."""
         from safetensors.torch import save_file
 
-        tensors = {"logr": self.logr.contiguous(), "xf": self.xf.contiguous()}
+        tensors = {"logr": self.logr.cpu().contiguous(), "xf": self.xf.cpu().contiguous()}
         if self.logc is not None:
-            tensors["logc"] = self.logc.contiguous()
+            tensors["logc"] = self.logc.cpu().contiguous()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
         save_file(tensors, str(tmp), metadata={"key": key, "seconds": repr(self.seconds), "schema": "probe_gradients/1"})
@@ -113,27 +120,28 @@ def _probe_functionals(model, sae, setup: ProbeSetup, prompts, feature_ids: np.n
     seqs = [list(prompts[i].input_ids) + list(branches[b]) for i, b in rows]
     ids, mask, _ = pad_sequences(seqs, setup.pad_id)
     position_ids = (mask.cumsum(1) - 1).clamp_min(0)
+    device = next(model.parameters()).device
     with capture_residual(model, setup.hook_layer) as store:
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device)).logits
     resid = store["h"]
     scores = []
     for o in openings:  # the row of the branch that teacher-forces opening o
         b = next(j for j, br in enumerate(branches) if br[: len(o) - 1] == tuple(o[:-1]))
-        r = torch.tensor([row for row, (_, bb) in enumerate(rows) if bb == b])
-        last = torch.tensor([len(prompts[i].input_ids) - 1 for i, bb in rows if bb == b])
+        r = torch.tensor([row for row, (_, bb) in enumerate(rows) if bb == b], device=device)
+        last = torch.tensor([len(prompts[i].input_ids) - 1 for i, bb in rows if bb == b], device=device)
         s = sum(torch.log_softmax(logits[r, last + t], dim=-1)[:, o[t]] for t in range(len(o)))
         scores.append(s)
     scores = torch.stack(scores, 1)  # (B, n_openings)
     logr = torch.logsumexp(scores[:, :n_ref], 1)
     logc = torch.logsumexp(scores[:, n_ref:], 1) if scores.shape[1] > n_ref else None
     first = torch.tensor([row for row, (_, b) in enumerate(rows) if b == 0])
-    cols = torch.as_tensor(np.asarray(feature_ids))
+    cols = torch.as_tensor(np.asarray(feature_ids), device=sae.W_enc.device)
     X = []
     for k, row in enumerate(first.tolist()):
         pos = list(prompts[k].read_positions(setup.position))
-        acts = sae.encode(resid[row, pos].to(sae.W_enc.dtype))
+        acts = sae.encode(resid[row, pos].to(sae.W_enc.device, sae.W_enc.dtype))
         X.append(pool_features(acts, setup.position)[cols])
-    row_probe = torch.tensor([i for i, _ in rows])
+    row_probe = torch.tensor([i for i, _ in rows], device=device)
     return logr, logc, torch.stack(X), row_probe, len(rows)
 
 
@@ -148,7 +156,7 @@ def probe_gradients(model, sae, setup: ProbeSetup, feature_ids: np.ndarray, spac
     openings = list(setup.refusal_openings) + (list(setup.compliance_openings) if contrast else [])
     n_ref = len(setup.refusal_openings)
     n = len(setup.prompts)
-    W = torch.as_tensor(np.asarray(x_weights, dtype=np.float64)).to(next(model.parameters()).dtype)
+    W = torch.as_tensor(np.asarray(x_weights, dtype=np.float64)).to(next(model.parameters()))
     G_r = torch.zeros(n, space.dim, dtype=dtype)
     G_c = torch.zeros(n, space.dim, dtype=dtype) if contrast else None
     G_x = torch.zeros(W.shape[0], space.dim, dtype=dtype)
@@ -164,7 +172,7 @@ def probe_gradients(model, sae, setup: ProbeSetup, feature_ids: np.ndarray, spac
             def per_probe(scalar: torch.Tensor) -> torch.Tensor:
                 torch.autograd.grad(scalar, leaf, retain_graph=True, allow_unused=True)
                 g = cap.gradients()  # (rows, D): rows of the same probe add up
-                return torch.zeros(B, space.dim, dtype=g.dtype).index_add_(0, row_probe, g).to(dtype)
+                return torch.zeros(B, space.dim, dtype=g.dtype, device=g.device).index_add_(0, row_probe, g).to("cpu", dtype)
 
             G_r[start: start + B] = per_probe(logr.sum())
             if contrast:
@@ -172,7 +180,7 @@ def probe_gradients(model, sae, setup: ProbeSetup, feature_ids: np.ndarray, spac
             Wc = W[:, start: start + B]  # (F, B, k)
             for f in range(W.shape[0]):
                 torch.autograd.grad((Wc[f] * X).sum(), leaf, retain_graph=True, allow_unused=True)
-                G_x[f] += cap.gradients(summed=True)[0].to(dtype)
+                G_x[f] += cap.gradients(summed=True)[0].to("cpu", dtype)
     return ProbeGradients(G_r, G_c, G_x, time.perf_counter() - t0)
 
 
@@ -182,8 +190,8 @@ def pair_gradients(model, space: GradientSpace, encoded: Sequence[tuple[list[int
     B = len(encoded)
     leaf = next(p for p in model.parameters() if p.requires_grad)
     with space.capture(B) as cap:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        targets = torch.nn.functional.pad(batch.labels, (0, 1), value=IGNORE)[:, 1:]
+        logits = model(input_ids=batch.input_ids.to(leaf.device), attention_mask=batch.attention_mask.to(leaf.device)).logits
+        targets = torch.nn.functional.pad(batch.labels.to(leaf.device), (0, 1), value=IGNORE)[:, 1:]
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
         counts = (targets != IGNORE).sum(1).clamp_min(1)
         losses = ce.sum(1) / counts  # each pair's own mean, as the exact tier's one-pair step uses
@@ -250,6 +258,7 @@ class GradientTier:
         if probe_grads is None:
             probe_grads = probe_gradients(m_model, m_sae, setup, feature_ids, space, x_weights,
                                           batch_size=gradient.probe_batch, dtype=g_dtype, progress=progress)
+        probe_grads = probe_grads.to(next(m_model.parameters()).device)  # G beside the per-pair gradients (a GPU's)
         grad_model = m_model
         if next(m_model.parameters()).dtype != g_dtype:  # per-pair gradients in the gradient dtype, same projections
             grad_model = copy.deepcopy(m_model).to(g_dtype)
@@ -277,10 +286,10 @@ class GradientTier:
             t0 = time.perf_counter()
             g = pair_gradients(self.grad_model, self.space, [encoded[i] for i in idx], setup.pad_id).T.to(G.logr.dtype)  # (D, B)
             with torch.no_grad():
-                dlogr[idx] = (-eta * (G.logr @ g)).T.double().numpy()
+                dlogr[idx] = (-eta * (G.logr @ g)).T.double().cpu().numpy()
                 if dlogc is not None:
-                    dlogc[idx] = (-eta * (G.logc @ g)).T.double().numpy()
-                dxf[idx] = (-eta * (G.xf @ g)).T.double().numpy()
+                    dlogc[idx] = (-eta * (G.logc @ g)).T.double().cpu().numpy()
+                dxf[idx] = (-eta * (G.xf @ g)).T.double().cpu().numpy()
             seconds[idx] = (time.perf_counter() - t0) / len(idx)
         p = np.exp(np.asarray(self.base.logp_openings[:, : len(setup.refusal_openings)], dtype=np.float64)).sum(1)
         dP = p[None, :] * dlogr  # first order: Δp = p Δlog p

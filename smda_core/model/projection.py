@@ -41,11 +41,12 @@ class Slot:
     p_in: torch.Tensor | None  # (cols, k_in) for 2-D weights, or None
 
 
-def _gaussian(seed: int, name: str, rows: int, k: int, dtype: torch.dtype) -> torch.Tensor:
-    """A seeded N(0, 1/k) projection (rows, k); the seed mixes the parameter name, so it is stable across runs."""
+def _gaussian(seed: int, name: str, rows: int, k: int, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+    """A seeded N(0, 1/k) projection (rows, k); the seed mixes the parameter name, so it is stable across runs
+    (drawn on the CPU, then moved: the same projection on every device)."""
     mix = int.from_bytes(__import__("hashlib").sha256(f"{seed}:{name}".encode()).digest()[:8], "little")
     g = torch.Generator().manual_seed(mix % (2 ** 63))
-    return (torch.randn(rows, k, generator=g, dtype=torch.float64) / np.sqrt(k)).to(dtype)
+    return (torch.randn(rows, k, generator=g, dtype=torch.float64) / np.sqrt(k)).to(device=device, dtype=dtype)
 
 
 class GradientSpace:
@@ -64,6 +65,7 @@ class GradientSpace:
         self.model = model
         self.projection = projection
         dtype = next(model.parameters()).dtype
+        self.device = device = next(model.parameters()).device
         patterns = [re.compile(p) for p in parameters] if parameters else None
         self.slots: dict[int, Slot] = {}
         offset = 0
@@ -76,12 +78,12 @@ class GradientSpace:
                     p_out = p_in = None
                     size = rows * cols
                 else:
-                    p_out = _gaussian(seed, name + ":out", rows, min(projection, rows), dtype)
-                    p_in = _gaussian(seed, name + ":in", cols, min(projection, cols), dtype)
+                    p_out = _gaussian(seed, name + ":out", rows, min(projection, rows), dtype, device)
+                    p_in = _gaussian(seed, name + ":in", cols, min(projection, cols), dtype, device)
                     size = p_out.shape[1] * p_in.shape[1]
             elif p.dim() == 1:
                 p_in = None
-                p_out = None if projection is None or p.numel() <= projection else _gaussian(seed, name, p.numel(), projection, dtype)
+                p_out = None if projection is None or p.numel() <= projection else _gaussian(seed, name, p.numel(), projection, dtype, device)
                 size = p.numel() if p_out is None else projection
             else:
                 raise SMDAError(f"parameter {name} has {p.dim()} dimensions: per-example gradients cover 1-D and 2-D "
@@ -172,7 +174,7 @@ class Capture:
         space = self.space
         dtype = next(space.model.parameters()).dtype
         B = 1 if summed else self.batch_size
-        out = torch.zeros(B, space.dim, dtype=dtype)
+        out = torch.zeros(B, space.dim, dtype=dtype, device=space.device)
         for i, (kind, module, saved, _) in enumerate(self.records):
             delta = self.deltas.get(i)
             if delta is None:
@@ -189,7 +191,7 @@ class Capture:
                 if slot is None:
                     continue
                 if slot.p_out is None:  # exact: scatter δ_t into row id_t
-                    g = torch.zeros(B, *module.weight.shape, dtype=dtype)
+                    g = torch.zeros(B, *module.weight.shape, dtype=dtype, device=delta.device)
                     g.scatter_add_(1, ids[..., None].expand(-1, -1, delta.shape[-1]), delta)
                     self._add(out, module.weight, g.reshape(B, -1))
                 else:  # Σ_t P_out[id_t] ⊗ (P_inᵀ δ_t)
