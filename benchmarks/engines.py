@@ -5,7 +5,9 @@ Both sides run the product's own path (`smda_core.execution.measure_batch_shifts
 printed). "local" loads the model in this process and runs every pair in turn, with torch on
 `--local-threads` threads (1 = what each Ray worker gets; the cores count = the product's default).
 "ray" starts a local Ray with `--workers` worker processes (no dashboard) and runs one task per
-shard of `--shard-size` pairs; each worker loads the model once.
+shard of `--shard-size` pairs; each worker loads the model once. Ray runs its workers at
+niceness 15: on a machine busy with other work they yield to it, and the comparison says so
+(the load average is printed).
 
 The gradient tier needs G (the probe gradients) once per policy: it is computed first, timed on
 its own, and kept in a temporary cache folder that both engines then read (as every batch after the
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shard-size", type=int, default=250)
     parser.add_argument("--local-threads", default="1,2", help="torch threads of the local runs, comma-separated")
+    parser.add_argument("--g-cache", default=None, help="folder for G kept between runs (default: a temporary one)")
     args = parser.parse_args()
 
     import numpy as np
@@ -84,14 +87,14 @@ def main() -> None:
     fields = ("dY", "dP", "via_x", "prompt_X") if args.method != "exact" else ("dX_exact", "dY", "dP")
 
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(tmp) / "probe-gradients"
+        cache = Path(args.g_cache) if args.g_cache else Path(tmp) / "probe-gradients"
         if args.method == "gradient":
             torch.set_num_threads(max(int(t) for t in args.local_threads.split(",")))
             t0 = time.perf_counter()
             prepare_gradient_tier(runtime, feature_ids=policy.feature_ids, x_weights=gradient_functionals(policy),
                                   folder=str(cache))
             release_gradient_tier()
-            print(f"G computed once in {time.perf_counter() - t0:.1f} s "
+            print(f"G computed (or read from --g-cache) once in {time.perf_counter() - t0:.1f} s "
                   f"({sum(f.stat().st_size for f in cache.glob('*')) / 2**20:.0f} MiB file)")
 
         local = {}
