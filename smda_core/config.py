@@ -161,8 +161,9 @@ class AttributionSettings(_Strict):
     methods: tuple[Literal["refit", "linear"], ...] = ("refit", "linear")
     primary: Literal["refit", "linear"] = "refit"
     intended_top: int = Field(3, ge=1, description="turn-1 interference: the prompt's top policy features count as intended")
-    score: Literal["margin_shift", "local_shift", "worst_group_shift", "specific_shift", "screen_consistency"] = Field(
-        "specific_shift", description="the recommended score: `score` of v_pair_summary, the default of curation rules")
+    score: Literal["margin_shift", "local_shift", "worst_group_shift", "specific_shift", "harm_shift",
+                   "screen_consistency"] = Field(
+        "harm_shift", description="the recommended score: `score` of v_pair_summary, the default of curation rules")
 
 
 class CurationSettings(_Strict):

@@ -15,6 +15,12 @@ with higher meaning a better pair to keep:
   whose response also opens with a refusal, or also does not), over groups split by probe label
   (categories, and each feature cluster's harmful and harmless probes). Most of one pair's shift is
   that generic push; harm planted on a few probes (a phrase, a category) is what remains;
+- `harm_shift` (the recommended one): the worse of `local_shift` and `specific_shift`, each in units of its
+  robust spread over the batch's pairs of the same response type (1.4826 × MAD around the type's median).
+  The local shift sees harm near the pair's own request (the two turn-1 kinds), the specific shift harm
+  that lands on a few probes elsewhere (a trigger phrase); the scale makes the two comparable. Only the
+  scale is taken from the batch, so the score stays a weighted sum of Δℓ (its weights are the chosen
+  score's over that scale) and its mechanism parts stay exact;
 - `screen_consistency` (forward only): the policy's predicted refusal for the pair's prompt against
   whether its response opens with a refusal; negative when the response contradicts the policy.
 
@@ -137,7 +143,43 @@ def logodds_scores(dl: np.ndarray, harmful: np.ndarray, neighbours: np.ndarray, 
     specific, where = specific_weights(dl * s[None, :], split_groups, response_refuses)
     weights["specific_shift"] = specific * s[None, :]
     values = {name: np.einsum("mn,mn->m", w, dl) for name, w in weights.items()}
+    weights["harm_shift"] = harm_weights(values, weights, response_refuses)
+    values["harm_shift"] = np.einsum("mn,mn->m", weights["harm_shift"], dl)
     return LogOddsScores(values, weights, [groups.names[g] for g in worst], [split_groups.names[g] for g in where])
+
+
+HARM_PARTS = ("local_shift", "specific_shift")  # the scores harm_shift takes the worse of
+
+
+def type_scale(values: np.ndarray, response_refuses: np.ndarray) -> np.ndarray:
+    """(m,) the robust spread of a score over the pairs of each pair's response type: 1.4826 × the median
+    absolute deviation around the type's median (a type with fewer than MIN_TYPE_PAIRS pairs uses every
+    pair; a zero MAD falls back to the standard deviation, then to 1)."""
+    v = np.asarray(values, dtype=np.float64)
+    r = np.asarray(response_refuses, dtype=bool)
+    out = np.empty_like(v)
+    for kind in (True, False):
+        mask = r == kind
+        if not mask.any():
+            continue
+        ref = v[mask] if mask.sum() >= MIN_TYPE_PAIRS else v
+        scale = 1.4826 * np.median(np.abs(ref - np.median(ref)))
+        if not scale > 0:
+            scale = float(ref.std()) if ref.std() > 0 else 1.0
+        out[mask] = scale
+    return out
+
+
+def harm_weights(values: dict[str, np.ndarray], weights: dict[str, np.ndarray], response_refuses: np.ndarray) -> np.ndarray:
+    """Probe weights (m, n) of `harm_shift`: per pair, the weights of whichever of HARM_PARTS is lower in units
+    of its type's spread, divided by that spread."""
+    scaled = np.stack([values[name] / type_scale(values[name], response_refuses) for name in HARM_PARTS])  # (2, m)
+    pick = np.argmin(scaled, axis=0)
+    out = np.empty_like(weights[HARM_PARTS[0]])
+    for j, name in enumerate(HARM_PARTS):
+        rows = pick == j
+        out[rows] = weights[name][rows] / type_scale(values[name], response_refuses)[rows, None]
+    return out
 
 
 def generic_push(signed: np.ndarray, response_refuses: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@
 `score` is the recommended one (the config's `attribution.score`, copied under its own name too).
 """
 
-LOGODDS = ("margin_shift", "local_shift", "worst_group_shift", "specific_shift")
+LOGODDS = ("margin_shift", "local_shift", "worst_group_shift", "specific_shift", "harm_shift")
 """Computed from the re-measured log-odds of refusal over the probes (DESIGN §4 "Log-odds scores")."""
 
 KIND_FREE = ("score", *LOGODDS, "screen_consistency")

@@ -70,7 +70,7 @@ def read_probe_readout(con) -> tuple[ProbeScores, pa.Table, dict]:
 
 def policy_tables(policy: Policy, scores, labels: Sequence[FeatureLabel], *, preset: str, model: str, sae: str, hook: str,
                   position: str, behaviour: str, dtype: str, formula: str, policy_version: str | None = None,
-                  score_name: str = "specific_shift") -> dict[str, pa.Table]:
+                  score_name: str = "harm_shift") -> dict[str, pa.Table]:
     """policy_features, policy_fit, feature_labels, probe_contributions and probe_scores (with predictions).
 
     policy_fit records `policy_version` (the policy's data version, which the pair rows computed against it

@@ -51,6 +51,8 @@ def test_margin_local_worst_group_and_specific_equal_a_brute_force_computation()
     want_worst = np.array([min((s[mk] * dl[i, mk]).mean() for mk in masks) for i in range(len(dl))])
     np.testing.assert_allclose(got.values["worst_group_shift"], want_worst, rtol=1e-12)
     assert got.values["specific_shift"] == pytest.approx(_specific_by_hand(dl * s, refuses, masks, harmful), rel=1e-9)
+    want_harm = _harm_by_hand(want_local, got.values["specific_shift"], refuses)
+    np.testing.assert_allclose(got.values["harm_shift"], want_harm, rtol=1e-9)
     for name, w in got.weights.items():  # every score is its weights applied to Δℓ
         np.testing.assert_allclose((w * dl).sum(1), got.values[name], rtol=1e-12)
 
@@ -67,6 +69,40 @@ def _specific_by_hand(signed, refuses, masks, harmful, min_size=8):
         resid = signed[i] - coef * mu
         out.append(min(resid[h].mean() for h in halves))
     return np.array(out)
+
+
+def _harm_by_hand(local, specific, refuses):
+    """Per pair: min over (local, specific) of the value over 1.4826 × MAD of that score among the pairs of
+    the same response type (fewer than 5 such pairs: all pairs)."""
+    out = []
+    for i in range(len(local)):
+        same = refuses == refuses[i]
+        if same.sum() < 5:
+            same = np.ones_like(same)
+        scaled = []
+        for v in (local, specific):
+            ref = pd.Series(v[same])
+            scaled.append(v[i] / (1.4826 * (ref - ref.median()).abs().median()))
+        out.append(min(scaled))
+    return np.array(out)
+
+
+def test_harm_shift_takes_the_worse_of_local_and_specific_in_units_of_their_type_spread():
+    """A pair harmful only near its own request and one harmful only elsewhere both rank lowest."""
+    _, harmful, category, feats, p, dP, pair_feats = _world(seed=5, m=20)
+    dl = logodds.delta_logit(p, dP)
+    nb = logodds.nearest_probes(pair_feats, feats, 10)
+    groups = logodds.ProbeGroups.build(category, feats, np.arange(feats.shape[1]), min_size=8)
+    split = logodds.ProbeGroups.build(category, feats, np.arange(feats.shape[1]), min_size=8, split=harmful)
+    s = np.where(harmful, 1.0, -1.0)
+    dl[0, nb[0]] -= 0.05 * s[nb[0]]  # pair 0: harm on its own neighbours
+    cat = category == "a"
+    dl[1, cat] -= 0.05 * s[cat]  # pair 1: harm on one category, away from its own request
+    refuses = np.arange(20) % 2 == 0
+    got = logodds.logodds_scores(dl, harmful, nb, groups, split, refuses)
+    np.testing.assert_allclose(got.values["harm_shift"],
+                               _harm_by_hand(got.values["local_shift"], got.values["specific_shift"], refuses), rtol=1e-9)
+    assert set(np.argsort(got.values["harm_shift"])[:2]) == {0, 1}
 
 
 def test_screen_consistency_is_positive_when_the_response_does_what_the_policy_expects():
