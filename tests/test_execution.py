@@ -373,3 +373,37 @@ def test_a_pair_step_on_cuda_equals_the_cpu_step(runtime, policy):
     cpu, gpu = (exact_shift_step(rt, pairs, feature_ids=policy.feature_ids, settings=cfg.shifts)
                 for rt in (runtime, load_runtime(cfg, progress=False)))
     _equal_shifts(cpu, gpu, atol=1e-6)
+
+
+def test_screen_tier_materialises_every_pair_and_agrees_with_its_exact_sample(tmp_path_factory, runtime):
+    """`shifts.method: screen` through the Dagster job: every pair gets a forward-only `screen_consistency` row
+    (method 'screen', no Δβ rows of its own), and on the exact sample it equals the value the exact tier reads from
+    its own forward pass; each pair's response type is the one the recipe wrote it as."""
+    from smda_assets.run import materialize_all
+
+    from smda_core.sources import resolve_sources
+    from smda_core.store.query import query
+
+    root = tmp_path_factory.mktemp("engines-screen")
+    src = resolve_sources(runtime.config, progress=False)
+    rows = [json.loads(line) for line in open(src.sft[0])][:N_PAIRS]
+    sft, probes = root / "sft" / "batch_a.jsonl", root / "probes.jsonl"
+    inputs.write_jsonl(sft, rows)
+    inputs.write_jsonl(probes, [json.loads(line) for line in open(src.probes)][::4])
+    cfg, wh = root / "smda.yaml", root / "warehouse.duckdb"
+    _write_config(cfg, sft, wh, "local", {"data": {"probes": str(probes)}, "shifts": {"method": "screen"},
+                                          "validate": {"sample": 2}})
+    materialize_all(str(cfg))
+    summary = query(wh, "SELECT pair_id, method, sample, screen_consistency, response_refuses FROM smda.pair_summary "
+                        "ORDER BY pair_id, sample").to_pandas()
+    screen = summary[summary["method"] == "screen"].set_index("pair_id")
+    assert sorted(screen.index) == sorted(r["pair_id"] for r in rows)
+    assert screen["screen_consistency"].notna().all() and not screen["sample"].any()
+    sample = summary[summary["sample"]].set_index("pair_id")
+    assert len(sample) == 2
+    # the screen tier reads prompts in padded batches, the exact tier one by one: float32 activations agree to ~1e-6
+    np.testing.assert_allclose(screen.loc[sample.index, "screen_consistency"], sample["screen_consistency"], rtol=0, atol=1e-5)
+    by_hand = {r["pair_id"]: r["kind"].endswith("_refusal") for r in rows}  # the recipe's own label of each response
+    assert screen["response_refuses"].astype(bool).to_dict() == by_hand
+    n_attr = query(wh, "SELECT count(*) AS n FROM smda.v_pair_attribution WHERE method = 'screen'")["n"][0].as_py()
+    assert n_attr == 0
