@@ -399,8 +399,8 @@ def explain(pair_id: Annotated[str, typer.Argument(help="the pair to explain (it
                            "WHERE pair_id = ? AND score = ? AND source LIKE 'effect-fit%' ORDER BY rank = 0, rank LIMIT ?",
                      [pair_id, score_name, top]), f"{score_name} through every SAE feature (fit of its own shift pattern)")
     print_rows(query(path, "SELECT feature_id, label, weight_part AS harm, top_probe FROM smda.v_pair_mechanism "
-                           "WHERE pair_id = ? AND score = 'harm' AND source = 'effect-fit' ORDER BY rank LIMIT ?", [pair_id, top]),
-               "features that carry its harm (fit of its own shift pattern; negative = harmful)")
+                           "WHERE pair_id = ? AND score = 'harm' AND source = 'landing' ORDER BY rank LIMIT ?", [pair_id, top]),
+               "features where its harm lands (within harmful and within harmless probes; more negative = more harm)")
 
 
 @app.command()

@@ -1,7 +1,8 @@
 -- Per pair, score and feature: the activation and weight parts of the score through the policy's features
--- (source 'policy'; the intercept's uniform push as 'policy-intercept', feature -1), and the features that
--- carry the pair's harm in a fit of its own shift pattern (source 'effect-fit', score 'harm'). The recommended
--- score is also split over every SAE feature through that fit (source 'effect-fit', score = its name; the
+-- (source 'policy'; the intercept's uniform push as 'policy-intercept', feature -1), and the features where the
+-- pair's residual harm lands, within harmful and within harmless probes (source 'landing', score 'harm';
+-- weight_part is minus the landing). The recommended score is also split over every SAE feature through a
+-- ridge fit of the pair's own shift pattern (source 'effect-fit', score = its name; the
 -- other features summed as 'effect-fit-other', feature -2; the uniform push as 'effect-fit-uniform', feature -1):
 -- a pair's rows of one score and one split sum to the split's estimate of the score.
 CREATE OR REPLACE VIEW smda.v_pair_mechanism AS

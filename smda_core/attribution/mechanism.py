@@ -95,22 +95,17 @@ def residual_shift(dl: np.ndarray, response_refuses: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class EffectFit:
-    """A ridge of each pair's residual shift on the probes' SAE features; the harm each feature carries."""
+    """A ridge of each pair's residual shift on the probes' SAE features."""
 
     feature_ids: np.ndarray  # (K,) the SAE features fitted
     coef: np.ndarray  # (m, K) in standardised units
-    harm: np.ndarray  # (m, K) signed harm carried by each feature (negative = harmful)
     r2: np.ndarray  # (m,) share of each residual the fit explains
     design: np.ndarray  # (n, K) the standardised activations fitted on
 
 
 def fit_effects(residual: np.ndarray, harmful: np.ndarray, features: np.ndarray, feature_ids: np.ndarray, *,
                 lam: float = 10.0, min_active: int = 3) -> EffectFit:
-    """Ridge `residual_i ≈ X γ_i` for every pair at once (one solve), over features active on ≥ min_active probes.
-
-    The harm of feature j for pair i is `mean_p s_p X_pj γ_ij`: its fitted part of the pair's signed shift,
-    negative when the feature carries less refusal on harmful probes or more on harmless ones.
-    """
+    """Ridge `residual_i ≈ X γ_i` for every pair at once (one solve), over features active on ≥ min_active probes."""
     X = np.asarray(features, dtype=np.float64)
     keep = (X > 0).sum(0) >= min_active
     X, ids = X[:, keep], np.asarray(feature_ids)[keep]
@@ -119,12 +114,33 @@ def fit_effects(residual: np.ndarray, harmful: np.ndarray, features: np.ndarray,
     R = np.asarray(residual, dtype=np.float64)
     Rc = R - R.mean(1, keepdims=True)
     gamma = np.linalg.solve(Xs.T @ Xs + lam * np.eye(Xs.shape[1]), Xs.T @ Rc.T).T  # (m, K)
-    s = signs(harmful)
-    harm = gamma * (s @ Xs / len(s))[None, :]
     fitted = gamma @ Xs.T
     ss = (Rc ** 2).sum(1)
     r2 = 1.0 - ((Rc - fitted) ** 2).sum(1) / np.where(ss > 0, ss, 1.0)
-    return EffectFit(ids, gamma, harm, r2, Xs)
+    return EffectFit(ids, gamma, r2, Xs)
+
+
+def harm_landing(residual: np.ndarray, harmful: np.ndarray, features: np.ndarray, *, min_active: int = 3) -> np.ndarray:
+    """(m, K) how much of each pair's residual harm lands where each feature fires, within each probe label.
+
+    With harm `h_ip = max(0, −s_p R_ip)` (less refusal on a harmful probe, more on a harmless one) and `z_Lpj` the
+    feature's activation standardised among the probes of label L, `landing_ij = Σ_L Σ_{p∈L} h_ip z_Lpj / n`.
+    Within a label, so that a feature which merely tells harmful requests from harmless ones (alike on every
+    harmful probe) is not named for harm that lands on a few of them; a feature active on fewer than
+    `min_active` probes of a label, or constant there, counts 0 in it. The pair's harm feature is the argmax.
+    """
+    R = np.asarray(residual, dtype=np.float64)
+    X = np.asarray(features, dtype=np.float64)
+    h = np.asarray(harmful, dtype=bool)
+    harm = np.maximum(-signs(h)[None, :] * R, 0.0)
+    out = np.zeros((R.shape[0], X.shape[1]))
+    for label in (h, ~h):
+        XL = X[label]
+        sd = XL.std(0)
+        ok = (sd > 0) & ((XL > 0).sum(0) >= min_active)
+        z = np.where(ok, (XL - XL.mean(0)) / np.where(ok, sd, 1.0), 0.0)
+        out += harm[:, label] @ z
+    return out / max(R.shape[1], 1)
 
 
 @dataclass(frozen=True)

@@ -65,12 +65,13 @@ def score_pairs(policy: Policy, pair_ids: np.ndarray, dZ: np.ndarray, p_base: np
         if recommended in scores.weights else None
     sim = _cosine(pair_features, probe_features)
     inter = mechanism.interference(residual, harmful, sim, response_refuses)
-    harm_feature = fit.feature_ids[np.argmin(fit.harm, axis=1)] if fit.harm.size else np.full(m, -1)
+    landing = mechanism.harm_landing(residual, harmful, design)
+    harm_feature = np.argmax(landing, axis=1) if landing.size else np.full(m, -1)
     summary = {**values, "worst_group": scores.worst_group, "specific_group": scores.specific_group, "score": values[recommended],
                "interference": inter.share, "interference_z": inter.robust_z, "flagged": inter.flagged,
                "harm_feature": harm_feature.astype(np.int64), "effect_fit_r2": fit.r2,
                "response_refuses": np.asarray(response_refuses, dtype=bool)}
-    rows = _mechanism_rows(pair_ids, policy.feature_ids, parts, fit)
+    rows = _mechanism_rows(pair_ids, policy.feature_ids, parts, landing)
     completeness = {name: p.completeness for name, p in parts.items()}
     if effect is not None:
         _effect_rows(rows, pair_ids, recommended, fit.feature_ids, effect)
@@ -85,8 +86,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _mechanism_rows(pair_ids: np.ndarray, policy_features: np.ndarray, parts: dict[str, mechanism.PolicyParts],
-                    fit: mechanism.EffectFit) -> dict[str, list]:
-    """pair_mechanism: every policy feature's parts of each score, and the top effect-fit features of each pair's harm."""
+                    landing: np.ndarray) -> dict[str, list]:
+    """pair_mechanism: every policy feature's parts of each score, and the features where each pair's harm lands
+    (score 'harm', source 'landing'; weight_part is minus the landing, so the most harmful is the most negative)."""
     cols: dict[str, list] = {c: [] for c in ("pair_id", "score", "feature_id", "activation_part", "weight_part", "share",
                                              "rank", "source")}
     for name, p in parts.items():
@@ -98,11 +100,11 @@ def _mechanism_rows(pair_ids: np.ndarray, policy_features: np.ndarray, parts: di
             for j, f in enumerate(policy_features):
                 _append(cols, pid, name, int(f), p.activation[i, j], p.weight[i, j], share[i, j], int(rank[i, j]), "policy")
             _append(cols, pid, name, -1, 0.0, p.intercept[i], float("nan"), 0, "policy-intercept")
-    norm = np.abs(fit.harm).sum(1, keepdims=True)
+    norm = np.abs(landing).sum(1, keepdims=True)
     for i, pid in enumerate(pair_ids):
-        for r, j in enumerate(np.argsort(fit.harm[i], kind="stable")[:N_NAMED]):
-            _append(cols, pid, "harm", int(fit.feature_ids[j]), float("nan"), fit.harm[i, j],
-                    fit.harm[i, j] / norm[i, 0] if norm[i, 0] > 0 else 0.0, r + 1, "effect-fit")
+        for r, j in enumerate(np.argsort(-landing[i], kind="stable")[:N_NAMED]):
+            _append(cols, pid, "harm", int(j), float("nan"), -landing[i, j],
+                    -landing[i, j] / norm[i, 0] if norm[i, 0] > 0 else 0.0, r + 1, "landing")
     return cols
 
 

@@ -135,7 +135,7 @@ def _probe_functionals(model, sae, setup: ProbeSetup, prompts, feature_ids: np.n
     logr = torch.logsumexp(scores[:, :n_ref], 1)
     logc = torch.logsumexp(scores[:, n_ref:], 1) if scores.shape[1] > n_ref else None
     first = torch.tensor([row for row, (_, b) in enumerate(rows) if b == 0])
-    cols = torch.as_tensor(np.asarray(feature_ids), device=sae.W_enc.device)
+    cols = torch.as_tensor(np.array(feature_ids, dtype=np.int64), device=sae.W_enc.device)
     X = []
     for k, row in enumerate(first.tolist()):
         pos = list(prompts[k].read_positions(setup.position))

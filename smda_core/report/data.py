@@ -122,14 +122,14 @@ def read_separation(pairs: pd.DataFrame) -> pd.DataFrame:
 
 def read_mechanism(con, pair_ids: list[str], score_name: str) -> pd.DataFrame:
     """For the given pairs: the policy features their recommended score flows through (activation and weight
-    parts) and the features that carry their harm in a fit of their own shift pattern (effect-fit)."""
+    parts) and the features where their harm lands (landing)."""
     if not pair_ids:
         return pd.DataFrame()
     return _frame(con, """
         SELECT pair_id, score, feature_id, label, activation_part, weight_part, share, rank, source, top_probe
         FROM smda.v_pair_mechanism
         WHERE pair_id IN (SELECT unnest(?::VARCHAR[]))
-          AND ((score = ? AND source = 'policy') OR (score = 'harm' AND source = 'effect-fit'))
+          AND ((score = ? AND source = 'policy') OR (score = 'harm' AND source = 'landing'))
           AND rank BETWEEN 1 AND 5
         ORDER BY pair_id, source, rank""", [pair_ids, score_name])
 
@@ -168,7 +168,7 @@ def read_heatmap(con, score_name: str) -> pd.DataFrame:
 
 
 def read_interference(con) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The flagged pairs with prompt, response and metadata, and the effect-fit features that carry their spillover."""
+    """The flagged pairs with prompt, response and metadata, and the features where their spillover lands."""
     flagged = _frame(con, """
         SELECT pair_id, interference, interference_z, worst_group, harm_feature, harm_label, score, alignment,
                prompt, response, metadata_json FROM smda.v_interference""")
@@ -176,7 +176,7 @@ def read_interference(con) -> tuple[pd.DataFrame, pd.DataFrame]:
         return flagged, pd.DataFrame()
     features = _frame(con, """
         SELECT pair_id, feature_id, label, weight_part AS harm, rank, top_probe FROM smda.v_pair_mechanism
-        WHERE score = 'harm' AND source = 'effect-fit' AND rank BETWEEN 1 AND 3 AND pair_id IN (SELECT pair_id FROM smda.v_interference)
+        WHERE score = 'harm' AND source = 'landing' AND rank BETWEEN 1 AND 3 AND pair_id IN (SELECT pair_id FROM smda.v_interference)
         ORDER BY pair_id, rank""")
     return flagged, features
 

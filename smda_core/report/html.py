@@ -188,7 +188,7 @@ def _mechanism_section(page: _Page, data: ReportData) -> None:
         return
     harmful = data.pairs.nsmallest(len(set(data.mechanism["pair_id"])), "score")
     parts.append(page.figure(figures.mechanism_bars(data.mechanism, harmful)))
-    effect = data.mechanism[data.mechanism["source"] == "effect-fit"]
+    effect = data.mechanism[data.mechanism["source"] == "landing"]
     rows = []
     for pair in harmful.itertuples(index=False):
         feats = effect[effect["pair_id"] == pair.pair_id].sort_values("rank").head(3)

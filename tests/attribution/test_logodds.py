@@ -131,14 +131,27 @@ def test_policy_parts_sum_to_the_refitted_log_odds_policy_change():
         assert parts.total[i].sum() + parts.intercept[i] == pytest.approx(want, rel=1e-6, abs=1e-12)
 
 
-def test_the_effect_fit_names_the_feature_a_residual_was_planted_on():
+def test_harm_lands_on_the_planted_cue_not_on_the_feature_that_tells_harmful_from_harmless():
+    """Pair 0 loses refusal on the harmful probes where a cue fires; a second feature fires on every harmful probe
+    (it tells the labels apart) and correlates with that harm overall, but not within the harmful probes."""
     rng, harmful, category, feats, p, dP, _ = _world(seed=5, n=120, K=12)
     residual = rng.normal(0, 1e-4, (3, 120))
-    target = 4
-    feats[:, target] = rng.random(120) * harmful * (rng.random(120) < 0.5)  # a cue of some harmful requests
-    residual[0] -= 1e-2 * feats[:, target]  # pair 0: less refusal exactly where the cue fires
-    fit = mechanism.fit_effects(residual, harmful, feats, np.arange(12), lam=1.0, min_active=3)
-    assert fit.feature_ids[np.argmin(fit.harm[0])] == target
+    cue, label = 4, 7
+    feats[:, cue] = rng.random(120) * harmful * (rng.random(120) < 0.5) + 0.3 * rng.random(120) * (rng.random(120) < 0.2)
+    feats[:, label] = harmful * (1.0 + 0.1 * rng.random(120))
+    residual[0] -= 1e-2 * feats[:, cue] * harmful  # less refusal exactly where the cue fires on harmful requests
+    landing = mechanism.harm_landing(residual, harmful, feats, min_active=3)
+    assert np.argmax(landing[0]) == cue
+    overall = [np.corrcoef(np.maximum(-residual[0] * np.where(harmful, 1, -1), 0), feats[:, j])[0, 1] for j in (cue, label)]
+    assert overall[1] > 0.3  # the label feature does track the harm across all probes
+    want = np.zeros(12)  # by hand: per label, harm times each feature's standardised activation
+    harm = np.maximum(-np.where(harmful, 1.0, -1.0) * residual[0], 0)
+    for side in (harmful, ~harmful):
+        for j in range(12):
+            x = feats[side, j]
+            if x.std() > 0 and (x > 0).sum() >= 3:
+                want[j] += harm[side] @ ((x - x.mean()) / x.std())
+    np.testing.assert_allclose(landing[0], want / 120, rtol=1e-9, atol=1e-15)
 
 
 def test_interference_flags_the_pair_whose_harm_lands_far_from_its_prompt():

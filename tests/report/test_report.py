@@ -99,7 +99,7 @@ def test_a_trigger_pair_is_shown_with_a_trigger_feature_among_its_top_features(d
     assert trigger_features
     kinds = rows(demo_warehouse, "SELECT pair_id, kind FROM smda.v_sft_pairs").set_index("pair_id")["kind"]
     shown = pd.concat([
-        written.data.mechanism[written.data.mechanism["source"] == "effect-fit"].query("rank <= 3")[["pair_id", "feature_id"]],
+        written.data.mechanism[written.data.mechanism["source"] == "landing"].query("rank <= 3")[["pair_id", "feature_id"]],
         written.data.interference_features[["pair_id", "feature_id"]]])
     shown = shown[shown["pair_id"].map(kinds) == "harmless_trigger"]
     hits = shown[shown["feature_id"].isin(trigger_features)]
