@@ -173,12 +173,12 @@ def type_scale(values: np.ndarray, response_refuses: np.ndarray) -> np.ndarray:
 def harm_weights(values: dict[str, np.ndarray], weights: dict[str, np.ndarray], response_refuses: np.ndarray) -> np.ndarray:
     """Probe weights (m, n) of `harm_shift`: per pair, the weights of whichever of HARM_PARTS is lower in units
     of its type's spread, divided by that spread."""
-    scaled = np.stack([values[name] / type_scale(values[name], response_refuses) for name in HARM_PARTS])  # (2, m)
-    pick = np.argmin(scaled, axis=0)
+    scales = [type_scale(values[name], response_refuses) for name in HARM_PARTS]
+    pick = np.argmin(np.stack([values[name] / sc for name, sc in zip(HARM_PARTS, scales)]), axis=0)  # (m,)
     out = np.empty_like(weights[HARM_PARTS[0]])
-    for j, name in enumerate(HARM_PARTS):
+    for j, (name, sc) in enumerate(zip(HARM_PARTS, scales)):
         rows = pick == j
-        out[rows] = weights[name][rows] / type_scale(values[name], response_refuses)[rows, None]
+        out[rows] = weights[name][rows] / sc[rows, None]
     return out
 
 

@@ -103,7 +103,7 @@ class EffectFit:
     design: np.ndarray  # (n, K) the standardised activations fitted on
 
 
-def fit_effects(residual: np.ndarray, harmful: np.ndarray, features: np.ndarray, feature_ids: np.ndarray, *,
+def fit_effects(residual: np.ndarray, features: np.ndarray, feature_ids: np.ndarray, *,
                 lam: float = 10.0, min_active: int = 3) -> EffectFit:
     """Ridge `residual_i ≈ X γ_i` for every pair at once (one solve), over features active on ≥ min_active probes."""
     X = np.asarray(features, dtype=np.float64)

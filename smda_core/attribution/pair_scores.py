@@ -60,7 +60,7 @@ def score_pairs(policy: Policy, pair_ids: np.ndarray, dZ: np.ndarray, p_base: np
     parts = {name: mechanism.policy_parts(policy, lp, dZ, scores.weights[name], values[name]) for name in logodds.SCORES}
     residual = mechanism.residual_shift(dl, response_refuses)
     design = probe_features if effect_features is None else effect_features
-    fit = mechanism.fit_effects(residual, harmful, design, np.arange(design.shape[1]))
+    fit = mechanism.fit_effects(residual, design, np.arange(design.shape[1]))
     effect = mechanism.effect_parts(fit, residual, dl, scores.weights[recommended], values[recommended]) \
         if recommended in scores.weights else None
     sim = _cosine(pair_features, probe_features)

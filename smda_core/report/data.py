@@ -103,7 +103,8 @@ def read_pairs(con) -> pd.DataFrame:
     extra = [c for c in ("kind", "harmful", "category") if c in _columns(con, "v_sft_pairs")]
     cols = ", ".join(f"p.{c}" for c in extra)
     return _frame(con, f"""
-        SELECT s.pair_id, s.batch_id, s.score, s.alignment, s.alignment_refit, s.alignment_linear, s.margin_shift, s.local_shift, s.worst_group_shift, s.specific_shift, s.harm_shift,
+        SELECT s.pair_id, s.batch_id, s.score, s.alignment, s.alignment_refit, s.alignment_linear, s.margin_shift,
+               s.local_shift, s.worst_group_shift, s.specific_shift, s.harm_shift,
                s.worst_group, s.screen_consistency, s.correctness_shift, s.dy_harmful, s.dy_harmless,
                s.interference, s.interference_z, s.flagged, s.harm_feature, s.harm_label, p.prompt, p.response
                {', ' + cols if cols else ''}
