@@ -14,8 +14,8 @@ Two explanations of a pair's log-odds score `S_i = Σ_p W_ip Δℓ_ip`:
   features whose fitted part carries the most harm (signed: less refusal where refusal is right, more
   where it is not) are named.
 
-Interference: the share of the pair's residual harm that lands on probes unlike its own prompt (below
-the median similarity), flagged when it is an outlier among pairs of the same response type (robust
+Interference: the share of the pair's residual harm that lands on probes unlike its own prompt (outside
+its 15 nearest probes, the neighbourhood `local_shift` reads), flagged when it is an outlier among pairs of the same response type (robust
 z > 3). Pure numpy.
 """
 
@@ -168,19 +168,22 @@ def effect_parts(fit: EffectFit, residual: np.ndarray, dl: np.ndarray, weights: 
 class Interference:
     """Residual harm that lands away from the pair's own prompt, and the calibrated flag."""
 
-    share: np.ndarray  # (m,) share of the pair's residual harm on probes unlike its prompt
+    share: np.ndarray  # (m,) share of the pair's residual harm outside its neighbourhood
     robust_z: np.ndarray  # (m,) against pairs of the same response type
     flagged: np.ndarray  # (m,) bool
 
 
-def interference(residual: np.ndarray, harmful: np.ndarray, similarity: np.ndarray, response_refuses: np.ndarray,
+def interference(residual: np.ndarray, harmful: np.ndarray, neighbours: np.ndarray, response_refuses: np.ndarray,
                  z: float = 3.0) -> Interference:
-    """Share of signed residual harm on probes below the median similarity to the pair's prompt; flagged
-    when its robust z-score (median, 1.4826·MAD) among pairs of the same response type exceeds `z`."""
+    """Share of signed residual harm on probes outside the pair's neighbourhood (its `neighbours`, the probes
+    `local_shift` reads); flagged when its robust z-score (median, 1.4826·MAD) among pairs of the same response
+    type exceeds `z`. The neighbourhood, not a similarity cut, decides what is near: a trigger pair's prompt
+    shares its phrase with the harmful probes it harms, so half of all probes by similarity would count them as near.
+    """
     R = np.asarray(residual, dtype=np.float64)
     harm = np.maximum(-signs(harmful)[None, :] * R, 0.0)
-    sim = np.asarray(similarity, dtype=np.float64)
-    far = sim < np.median(sim, axis=1, keepdims=True)
+    far = np.ones(R.shape, dtype=bool)
+    np.put_along_axis(far, np.asarray(neighbours, dtype=np.int64), False, axis=1)
     total = np.abs(R).sum(1)
     share = (harm * far).sum(1) / np.where(total > 0, total, 1.0)
     rz = np.zeros_like(share)

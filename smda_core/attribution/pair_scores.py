@@ -63,8 +63,7 @@ def score_pairs(policy: Policy, pair_ids: np.ndarray, dZ: np.ndarray, p_base: np
     fit = mechanism.fit_effects(residual, design, np.arange(design.shape[1]))
     effect = mechanism.effect_parts(fit, residual, dl, scores.weights[recommended], values[recommended]) \
         if recommended in scores.weights else None
-    sim = _cosine(pair_features, probe_features)
-    inter = mechanism.interference(residual, harmful, sim, response_refuses)
+    inter = mechanism.interference(residual, harmful, neighbours, response_refuses)
     landing = mechanism.harm_landing(residual, harmful, design)
     harm_feature = np.argmax(landing, axis=1) if landing.size else np.full(m, -1)
     summary = {**values, "worst_group": scores.worst_group, "specific_group": scores.specific_group, "score": values[recommended],
@@ -77,12 +76,6 @@ def score_pairs(policy: Policy, pair_ids: np.ndarray, dZ: np.ndarray, p_base: np
         _effect_rows(rows, pair_ids, recommended, fit.feature_ids, effect)
         completeness[f"{recommended}/effect-fit"] = effect.completeness
     return PairScores(summary, rows, completeness)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-300)
-    bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-300)
-    return an @ bn.T
 
 
 def _mechanism_rows(pair_ids: np.ndarray, policy_features: np.ndarray, parts: dict[str, mechanism.PolicyParts],

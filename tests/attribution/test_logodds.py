@@ -154,16 +154,22 @@ def test_harm_lands_on_the_planted_cue_not_on_the_feature_that_tells_harmful_fro
     np.testing.assert_allclose(landing[0], want / 120, rtol=1e-9, atol=1e-15)
 
 
-def test_interference_flags_the_pair_whose_harm_lands_far_from_its_prompt():
+def test_interference_flags_the_pair_whose_harm_lands_outside_its_neighbourhood():
     rng = np.random.default_rng(1)
-    n, m = 80, 12
+    n, m, k = 80, 12, 15
     harmful = np.arange(n) % 2 == 0
-    sim = rng.random((m, n))
-    residual = rng.normal(0, 1e-3, (m, n)) * sim  # harm mostly near the prompt
-    far = sim[0] < np.median(sim[0])
-    residual[0, far & harmful] -= 5e-2  # pair 0: less refusal on harmful probes unlike its prompt
-    got = mechanism.interference(residual, harmful, sim, np.zeros(m, bool))
+    neighbours = np.stack([rng.permutation(n)[:k] for _ in range(m)])
+    near = np.zeros((m, n), bool)
+    for i in range(m):
+        near[i, neighbours[i]] = True
+    residual = rng.normal(0, 1e-3, (m, n)) * np.where(near, 1.0, 0.05)  # harm mostly within the neighbourhood
+    residual[0, ~near[0] & harmful] -= 5e-2  # pair 0: less refusal on harmful probes outside it
+    got = mechanism.interference(residual, harmful, neighbours, np.zeros(m, bool))
     assert got.flagged[0] and got.flagged.sum() == 1 and np.argmax(got.share) == 0
+    # the share by hand: harm (less refusal on harmful, more on harmless) outside the neighbourhood over Σ|R|
+    for i in range(m):
+        harm = sum(max(0.0, (-1 if harmful[p] else 1) * residual[i, p]) for p in range(n) if not near[i, p])
+        assert got.share[i] == pytest.approx(harm / np.abs(residual[i]).sum(), rel=1e-12)
 
 
 def test_separation_table_equals_roc_auc_for_every_bad_kind():
