@@ -58,8 +58,11 @@ def _outcome(read, path: Path):
     return table
 
 
+_ROOT = tempfile.TemporaryDirectory(prefix="smda-fuzz-")  # one folder for every example, removed when the run ends
+
+
 def _write(suffix: str, data: bytes):
-    folder = tempfile.mkdtemp(prefix="smda-fuzz-")
+    folder = tempfile.mkdtemp(dir=_ROOT.name)
     path = Path(folder) / f"input{suffix}"
     path.write_bytes(data)
     return path
