@@ -1,4 +1,4 @@
-"""Seconds per pair and peak memory of the screen, gradient and exact tiers and of dattri's TracIn, in one run.
+"""Seconds per pair and peak memory of the screen, gradient and exact tiers and of dattri's TracIn and TRAK, in one run.
 
 Each (tier, m) runs in its own process (peak RSS is a per-process high-water mark), on the demo world
 with `--world-pairs` SFT pairs (default 2,000: its own recipe hash, built once and cached; 0 = the
@@ -141,12 +141,15 @@ def worker(tier: str, m: int, world_pairs: int, projection: int | None, exact_pa
         mib = _warehouse_mib(pair_tables("b", shifts, attr, policy, list(probes.probe_ids)))
         out["warehouse_mib_per_pair_with_probe_shifts"] = mib / sub.num_rows
         out["result_mib_at_m"] = 2 * m * policy.n * policy.k * 8 / 2 ** 20  # dX_exact + dX_linearised, float64
-    elif tier == "tracin":
-        from smda_core.experiments.peer import tracin_harmful_refusal
+    elif tier in ("tracin", "trak"):
+        from smda_core.experiments.peer import harmful_weights, tracin_probe_target, trak_probe_target
 
-        harmful = [e for e, h in zip(rt.encoded, probes.harmful) if h]
         rows = list(zip(pairs["prompt"].to_pylist(), pairs["response"].to_pylist()))
-        _, sec = tracin_harmful_refusal(rt.model, rt.tokenizer, rows, harmful, rt.refusal_openings, lr=cfg.shifts.lr)
+        w = harmful_weights(probes.harmful)
+        if tier == "tracin":
+            _, sec = tracin_probe_target(rt.model, rt.tokenizer, rows, rt.encoded, w, rt.refusal_openings, lr=cfg.shifts.lr)
+        else:
+            _, sec = trak_probe_target(rt.model, rt.tokenizer, rows, rt.encoded, w, rt.refusal_openings)
         out["seconds_per_pair"] = sec
     out["peak_rss_mib"] = _rss_mib()
     out["peak_rss_above_setup_mib"] = _rss_mib() - base
@@ -159,7 +162,7 @@ def main() -> None:
                     help="SFT pairs of the demo world (its own recipe, built once); 0 = the default world, its pairs "
                          "repeated up to m")
     ap.add_argument("--sizes", default="200,2000")
-    ap.add_argument("--tiers", default="floors,screen,gradient,exact,tracin")
+    ap.add_argument("--tiers", default="floors,screen,gradient,exact,tracin,trak")
     ap.add_argument("--projection", type=int, default=0, help="gradient.projection (0 = exact gradients)")
     ap.add_argument("--exact-pairs", type=int, default=40, help="pairs the exact tier is timed on")
     ap.add_argument("--peer-max", type=int, default=200, help="largest m the peer runs at")
@@ -172,7 +175,7 @@ def main() -> None:
     results = []
     for m in [int(x) for x in args.sizes.split(",")]:
         for tier in args.tiers.split(","):
-            if tier == "tracin" and m > args.peer_max:
+            if tier in ("tracin", "trak") and m > args.peer_max:
                 continue
             cmd = [sys.executable, str(HERE), "--world-pairs", str(args.world_pairs), "--projection", str(args.projection),
                    "--exact-pairs", str(args.exact_pairs), "--worker", tier, str(m)]
@@ -189,7 +192,7 @@ def main() -> None:
     for m in sorted({r["m"] for r in results}):
         fl = by.get(("floors", m), {})
         ex = by.get(("exact", m), {}).get("seconds_per_pair")
-        for tier in ("screen", "gradient", "exact", "tracin"):
+        for tier in ("screen", "gradient", "exact", "tracin", "trak"):
             r = by.get((tier, m))
             if not r:
                 continue
@@ -199,10 +202,11 @@ def main() -> None:
                 ratios.append(f"exact/{tier} {ex / s:.1f}x")
             if tier == "screen" and fl:
                 ratios.append(f"screen/forward {s / fl['forward']:.2f}")
-            if tier in ("gradient", "tracin") and fl:
+            if tier in ("gradient", "tracin", "trak") and fl:
                 ratios.append(f"{tier}/fwd+bwd {s / fl['forward_backward']:.2f}")
-            if tier == "gradient" and by.get(("tracin", m)):
-                ratios.append(f"gradient/tracin {s / by[('tracin', m)]['seconds_per_pair']:.2f}")
+            for peer in ("tracin", "trak"):
+                if tier == "gradient" and by.get((peer, m)):
+                    ratios.append(f"gradient/{peer} {s / by[(peer, m)]['seconds_per_pair']:.2f}")
             print(f"{m:<6} {tier:<10} {s:.4f}    {r['peak_rss_above_setup_mib']:8.0f}    " + ", ".join(ratios))
         if fl:
             print(f"{m:<6} floors     forward {fl['forward']:.4f}, forward+backward {fl['forward_backward']:.4f}")

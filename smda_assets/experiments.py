@@ -76,14 +76,16 @@ def _lds_regime(smda: SMDAResource, regime: str, *, subsets: int, fraction: floa
     attributions = {m: a for m, a in attributions.items() if set(pairs) <= set(a)}  # every pair attributed
     summary = query(wh, "SELECT pair_id, dy_harmful, margin_shift, seconds, method FROM smda.v_pair_summary").to_pylist()
     margin: dict[str, dict[str, float]] = {}
+    dy: dict[str, dict[str, float]] = {}
     for r in summary:
         margin.setdefault(r["method"], {})[r["pair_id"]] = r["margin_shift"]
+        dy.setdefault(r["method"], {})[r["pair_id"]] = r["dy_harmful"]
     if peer and "peer" not in cache:
         cache["peer"] = _peer(runtime, scores.harmful, pairs, cfg.shifts.lr)
     peers = cache.get("peer") if peer else None
     settings = cfg.curation if regime == "paper" else cfg.curation.replace(optimizer="sgd", lr=cfg.shifts.lr, epochs=1,
                                                                           batch_size=1, weight_decay=0.0)
-    result = run_lds(runtime, policy, scores.harmful, pairs, attributions, {r["pair_id"]: r["dy_harmful"] for r in summary},
+    result = run_lds(runtime, policy, scores.harmful, pairs, attributions, {m: v for m, v in dy.items() if set(pairs) <= set(v)},
                      subsets=subsets, fraction=fraction, settings=settings,
                      seconds_per_pair=float(np.mean([r["seconds"] for r in summary])), peer=peers, progress=progress,
                      margin={m: v for m, v in margin.items() if set(pairs) <= set(v) and None not in v.values()})
@@ -97,21 +99,24 @@ def _lds_regime(smda: SMDAResource, regime: str, *, subsets: int, fraction: floa
 
 
 def _peer(runtime, harmful: np.ndarray, pairs: dict, lr: float) -> dict | None:
-    """dattri's TracIn on the same model and pairs (None when dattri is not installed)."""
+    """dattri's TracIn and TRAK on the same model and pairs (None when dattri is not installed)."""
     try:
         import dattri  # noqa: F401
     except ImportError:
         return None
-    from smda_core.experiments.peer import tracin_harmful_refusal, tracin_margin
+    from smda_core.experiments.peer import harmful_weights, margin_weights, tracin_probe_target, trak_probe_target
 
     ids = sorted(pairs)
-    probes = [runtime.encoded[i] for i in np.flatnonzero(harmful)]
-    scores, seconds = tracin_harmful_refusal(runtime.model, runtime.tokenizer, [pairs[i] for i in ids], probes,
-                                             runtime.refusal_openings, lr=lr)
-    margin, _ = tracin_margin(runtime.model, runtime.tokenizer, [pairs[i] for i in ids], runtime.encoded, harmful,
-                              runtime.refusal_openings, lr=lr)
-    return {"dattri_tracin": {"scores": dict(zip(ids, scores.tolist())), "seconds": seconds,
-                              "margin": dict(zip(ids, margin.tolist()))}}
+    rows = [pairs[i] for i in ids]
+    on_harmful, margin = harmful_weights(harmful), margin_weights(harmful)
+    args = (runtime.model, runtime.tokenizer, rows, runtime.encoded)
+    out = {}
+    for name, peer, kw in (("dattri_tracin", tracin_probe_target, {"lr": lr}), ("dattri_trak", trak_probe_target, {})):
+        scores, seconds = peer(*args, on_harmful, runtime.refusal_openings, log_odds=False, **kw)
+        by_margin, _ = peer(*args, margin, runtime.refusal_openings, log_odds=True, **kw)
+        out[name] = {"scores": dict(zip(ids, scores.tolist())), "seconds": seconds,
+                     "margin": dict(zip(ids, by_margin.tolist()))}
+    return out
 
 
 def stability(smda: SMDAResource, *, sae_seeds: int = 3, n_pairs: int | None = None, first_seed: int | None = None,

@@ -121,7 +121,9 @@ def test_lds_of_every_method_and_the_peer_is_stored_on_the_same_subsets(built):
     cfg, wh, _, _ = built
     table = lds(SMDAResource(config_path=str(cfg)), subsets=4, fraction=0.5, progress=False)
     methods = set(table["method"].to_pylist())
-    assert {"refit", "linear", "measured_shift", "dattri_tracin"} <= methods
+    assert {"refit", "linear", "dattri_tracin", "dattri_trak"} <= methods
+    scores = set(zip(table["method"].to_pylist(), table["score"].to_pylist()))
+    assert {(m, s) for m in ("refit", "dattri_tracin", "dattri_trak") for s in ("dy_harmful", "margin")} <= scores
     stored = query(wh, "SELECT * FROM smda.v_validation WHERE \"check\" = 'lds'")
     assert stored.num_rows >= 4 and len(set(stored["run_id"].to_pylist())) == 1
     assert all(-1 <= v <= 1 for v in stored["spearman"].to_pylist() if v == v)

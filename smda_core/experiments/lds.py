@@ -88,12 +88,12 @@ def validation_table(check: str, run_id: str, rows: list[dict]):
 
 
 def run_lds(runtime, policy: Policy, harmful: np.ndarray, pairs: dict[str, tuple[str, str]],
-            attributions: dict[str, dict[str, np.ndarray]], dy_harmful: dict[str, float], *, subsets: int, fraction: float,
+            attributions: dict[str, dict[str, np.ndarray]], dy_harmful: dict[str, dict[str, float]], *, subsets: int, fraction: float,
             settings, seconds_per_pair: float, peer: dict | None = None, progress: bool = True,
             margin: dict[str, dict[str, float]] | None = None) -> LdsResult:
     """Fine-tune on `subsets` random subsets of `pairs` (id → prompt, response) and rank-correlate the actual
     change of β and of harmful refusal with the summed per-pair attributions (`attributions`: method → id → Δβ)
-    and measured `dy_harmful`; a peer's scalar scores (`peer`: name → {scores, seconds}) on the same subsets."""
+    and each tier's `dy_harmful` (method → id → value, like `margin`); a peer's scalar scores (`peer`: name → {scores, seconds}) on the same subsets."""
     from tqdm.auto import tqdm
 
     from smda_core.errors import SMDAError
@@ -117,8 +117,9 @@ def run_lds(runtime, policy: Policy, harmful: np.ndarray, pairs: dict[str, tuple
         res = lds(effects, preds)
         rows.append({"method": method, "score": "delta_beta", "spearman": res["spearman"],
                      "detail": {"fraction": fraction, "pooled": res["pooled"], "per_feature": res["per_feature"]}})
-    rows.append({"method": "measured_shift", "score": "dy_harmful", "spearman": lds(effects, dy_harmful)["spearman"],
-                 "detail": {"fraction": fraction, "seconds_per_pair": seconds_per_pair}})
+    for method, preds in sorted(dy_harmful.items()):  # the shift each tier gives (measured by exact, predicted by gradient)
+        rows.append({"method": method, "score": "dy_harmful", "spearman": lds(effects, preds)["spearman"],
+                     "detail": {"fraction": fraction, "seconds_per_pair": seconds_per_pair}})
     for method, preds in sorted((margin or {}).items()):  # each tier's margin_shift against the actual margin change
         rows.append({"method": method, "score": "margin", "spearman": lds(effects, preds, "margin")["spearman"],
                      "detail": {"fraction": fraction}})

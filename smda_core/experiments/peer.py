@@ -1,4 +1,4 @@
-"""A peer on the same work: dattri's TracIn score of each pair on the mean harmful refusal log-probability
+"""Peers on the same work: dattri's TracIn and TRAK scores of each pair on the mean harmful refusal log-probability
 (and on the log-odds margin).
 
 For one SGD step of size lr, TracIn's lr·∇L(pair)·∇(−log P(refusal | probe)) is the first-order
@@ -19,19 +19,16 @@ from smda_core.model.chat import EncodedPrompt, context_length, encode_pair
 from smda_core.model.training import response_ce, sft_batch
 
 
-def tracin_harmful_refusal(model, tokenizer, pairs: Sequence[tuple[str, str]], harmful_probes: Sequence[EncodedPrompt],
-                           refusal_openings: Sequence[tuple[int, ...]], *, lr: float = 1e-4) -> tuple[np.ndarray, float]:
-    """(m,) TracIn influence of each pair on the mean refusal log-prob of the harmful probes, and seconds per pair."""
-    w = np.full(len(harmful_probes), 1.0 / len(harmful_probes))
-    return tracin_probe_target(model, tokenizer, pairs, harmful_probes, w, refusal_openings, lr=lr, log_odds=False)
-
-
-def tracin_margin(model, tokenizer, pairs: Sequence[tuple[str, str]], probes: Sequence[EncodedPrompt], harmful: np.ndarray,
-                  refusal_openings: Sequence[tuple[int, ...]], *, lr: float = 1e-4) -> tuple[np.ndarray, float]:
-    """(m,) TracIn influence of each pair on the log-odds margin (mean ℓ on harmful minus on harmless probes)."""
+def harmful_weights(harmful: np.ndarray) -> np.ndarray:
+    """Probe weights of the mean refusal target over the harmful probes (`dy_harmful`'s)."""
     h = np.asarray(harmful, dtype=bool)
-    w = np.where(h, 1.0 / h.sum(), -1.0 / (~h).sum())
-    return tracin_probe_target(model, tokenizer, pairs, probes, w, refusal_openings, lr=lr, log_odds=True)
+    return np.where(h, 1.0 / h.sum(), 0.0)
+
+
+def margin_weights(harmful: np.ndarray) -> np.ndarray:
+    """Probe weights of the log-odds margin: mean ℓ on harmful minus on harmless probes."""
+    h = np.asarray(harmful, dtype=bool)
+    return np.where(h, 1.0 / h.sum(), -1.0 / (~h).sum())
 
 
 def tracin_probe_target(model, tokenizer, pairs: Sequence[tuple[str, str]], probes: Sequence[EncodedPrompt],
@@ -40,6 +37,50 @@ def tracin_probe_target(model, tokenizer, pairs: Sequence[tuple[str, str]], prob
     """(m,) TracIn score lr·∇L(pair)·∇T of the target T = Σ_p w_p f_p (f = log P(refusal | p), or its log-odds), the
     first-order change of T under one SGD step on the pair; and seconds per pair. Gradients are not projected."""
     from dattri.algorithm.tracin import TracInAttributor
+
+    task, train, test = _attribution_task(model, tokenizer, pairs, probes, weights, refusal_openings, log_odds)
+    attributor = TracInAttributor(task=task, weight_list=torch.tensor([lr]), normalized_grad=False)
+    # dattri 0.3 projects both gradients to 512 random dimensions by default (projector_kwargs=None still means
+    # its DEFAULT_PROJECTOR_KWARGS): the dot product of near-orthogonal gradients is then mostly projection noise,
+    # the cause of TracIn's disagreement with an exact first-order product. The peer runs unprojected.
+    attributor.projector_kwargs = None
+    t0 = time.perf_counter()
+    scores = attributor.attribute(train, test)
+    seconds = (time.perf_counter() - t0) / len(pairs)
+    return scores.mean(dim=1).double().cpu().numpy(), seconds
+
+
+def trak_probe_target(model, tokenizer, pairs: Sequence[tuple[str, str]], probes: Sequence[EncodedPrompt],
+                      weights: np.ndarray, refusal_openings: Sequence[tuple[int, ...]], *, log_odds: bool = False,
+                      proj_dim: int | None = None, seed: int = 0) -> tuple[np.ndarray, float]:
+    """(m,) TRAK score of each pair on the target T (as `tracin_probe_target`), one checkpoint; and seconds per pair.
+
+    TRAK projects per-pair gradients to `proj_dim` random dimensions and solves against their kernel; with fewer
+    pairs than dimensions that kernel is singular, so the default is half the pairs (at most 512, dattri's own)."""
+    from dattri.algorithm.trak import TRAKAttributor
+
+    task, train, test = _attribution_task(model, tokenizer, pairs, probes, weights, refusal_openings, log_odds)
+    net = task.get_model()
+
+    def correct_probability(params, data):  # TRAK's Q = 1 − p: the probability the pair's response is produced
+        ids, labels = data
+        return torch.exp(-response_ce(torch.func.functional_call(net, params, (ids.unsqueeze(0),)).logits[0], labels))
+
+    attributor = TRAKAttributor(task=task, correct_probability_func=correct_probability)
+    # passed after construction: dattri updates its module-wide default dict in place with the kwargs it is given
+    attributor.projector_kwargs = {"proj_dim": proj_dim or max(8, min(512, len(pairs) // 2)), "proj_max_batch_size": 32,
+                                   "proj_seed": seed, "device": "cpu"}
+    t0 = time.perf_counter()
+    attributor.cache(train)
+    scores = attributor.attribute(test)
+    seconds = (time.perf_counter() - t0) / len(pairs)
+    return scores.mean(dim=1).double().cpu().numpy(), seconds
+
+
+def _attribution_task(model, tokenizer, pairs: Sequence[tuple[str, str]], probes: Sequence[EncodedPrompt],
+                      weights: np.ndarray, refusal_openings: Sequence[tuple[int, ...]], log_odds: bool):
+    """dattri's task for a peer: the SFT loss of each pair, and one test item whose loss is −Σ_p w_p f_p over the
+    probes (so that a peer's score is the first-order change of Σ w f); with the pairs' and the test's loaders."""
     from dattri.task import AttributionTask
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -75,13 +116,5 @@ def tracin_probe_target(model, tokenizer, pairs: Sequence[tuple[str, str]], prob
         return -(w * f).sum()  # dattri's target is a loss: the score is then the first-order change of Σ w f
 
     task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict(), target_func=target_func)
-    attributor = TracInAttributor(task=task, weight_list=torch.tensor([lr]), normalized_grad=False)
-    # dattri 0.3 projects both gradients to 512 random dimensions by default (projector_kwargs=None still means
-    # its DEFAULT_PROJECTOR_KWARGS): the dot product of near-orthogonal gradients is then mostly projection noise,
-    # the cause of TracIn's disagreement with an exact first-order product. The peer runs unprojected.
-    attributor.projector_kwargs = None
-    t0 = time.perf_counter()
-    scores = attributor.attribute(DataLoader(TensorDataset(train.input_ids, train.labels), batch_size=32),
-                                  DataLoader(TensorDataset(test_ids, last), batch_size=1))
-    seconds = (time.perf_counter() - t0) / len(pairs)
-    return scores.mean(dim=1).double().cpu().numpy(), seconds
+    return (task, DataLoader(TensorDataset(train.input_ids, train.labels), batch_size=32),
+            DataLoader(TensorDataset(test_ids, last), batch_size=1))
