@@ -76,7 +76,7 @@ def test_the_interference_flag_is_rare_among_good_pairs_and_finds_trigger_pairs(
 
 def test_named_features_show_their_strongest_probe_with_the_token_marked(pairs, demo_warehouse):
     wh = demo_warehouse
-    named = sorted(set(pairs["harm_feature"].dropna().astype(int)))
+    named = sorted(set(pairs["harm_feature"].dropna().astype(int)) - {-1})  # −1: the pair's harm lands nowhere
     ex = query(wh, "SELECT feature_id, probe_id, activation, token, marked_text FROM smda.v_feature_examples WHERE rank = 1").to_pandas()
     top = query(wh, "SELECT feature_id, max(activation) AS best FROM smda.v_features WHERE position = 'user_max' "
                     "GROUP BY feature_id").to_pandas().set_index("feature_id")["best"]

@@ -65,7 +65,8 @@ def score_pairs(policy: Policy, pair_ids: np.ndarray, dZ: np.ndarray, p_base: np
         if recommended in scores.weights else None
     inter = mechanism.interference(residual, harmful, neighbours, response_refuses)
     landing = mechanism.harm_landing(residual, harmful, design)
-    harm_feature = np.argmax(landing, axis=1) if landing.size else np.full(m, -1)
+    # −1 where the pair's harm lands nowhere (no positive landing): no feature is named for it
+    harm_feature = np.where(landing.max(1) > 0, np.argmax(landing, axis=1), -1) if landing.size else np.full(m, -1)
     summary = {**values, "worst_group": scores.worst_group, "specific_group": scores.specific_group, "score": values[recommended],
                "interference": inter.share, "interference_z": inter.robust_z, "flagged": inter.flagged,
                "harm_feature": harm_feature.astype(np.int64), "effect_fit_r2": fit.r2,

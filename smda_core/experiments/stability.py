@@ -36,7 +36,7 @@ class SeedRun:
     loo_r2: float
     accuracy: float
     scores: dict[str, np.ndarray]  # score name → (m,) per pair, same pair order in every run
-    harm_feature: np.ndarray | None = None  # (m,) each pair's named harm feature (effect fit)
+    harm_feature: np.ndarray | None = None  # (m,) each pair's named harm feature (its landing; −1: none)
     harm_decoder: np.ndarray | None = None  # (m, d_in) its decoder direction
 
 
@@ -73,14 +73,15 @@ def stability(runs: Sequence[SeedRun], is_bad: np.ndarray, harmful_prompt: np.nd
 
 def harm_feature_agreement(runs: Sequence[SeedRun], kinds: np.ndarray, threshold: float = 0.9) -> list[dict]:
     """Share of pairs whose named harm feature is the same direction under every pair of seeds (decoder
-    |cosine| ≥ threshold), over all pairs and per kind (evaluation labels)."""
+    |cosine| ≥ threshold), over all pairs and per kind (evaluation labels); a pair named nothing (−1) under
+    some seed is not matched."""
     kinds = np.asarray(kinds).astype(str)
     matched = np.ones(len(kinds), dtype=bool)
     for i, a in enumerate(runs):
         for b in runs[i + 1:]:
             ua = a.harm_decoder / np.linalg.norm(a.harm_decoder, axis=1, keepdims=True)
             ub = b.harm_decoder / np.linalg.norm(b.harm_decoder, axis=1, keepdims=True)
-            matched &= np.abs(np.einsum("md,md->m", ua, ub)) >= threshold
+            matched &= (np.abs(np.einsum("md,md->m", ua, ub)) >= threshold) & (a.harm_feature >= 0) & (b.harm_feature >= 0)
     rows = [{"method": "mechanism", "score": "harm_feature_matched", "value": float(matched.mean()),
              "detail": {"threshold": threshold, "pairs": int(len(matched))}}]
     for kind in sorted(set(kinds) - {"", "None", "nan"}):
@@ -111,5 +112,5 @@ def run_stability(runtime, config, pairs, *, sae_dirs: Sequence[tuple[int, str]]
         runs.append(SeedRun(seed, policy.feature_ids, policy.coef, decoder[policy.feature_ids],
                             policy.r2, policy.loo_r2, policy.accuracy,
                             {k: np.asarray(s[k], dtype=float) for k in STABLE_SCORES if k in s},
-                            harm, decoder[harm] if harm is not None else None))
+                            harm, decoder[np.maximum(harm, 0)] if harm is not None else None))
     return runs
