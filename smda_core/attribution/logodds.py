@@ -53,6 +53,9 @@ def signs(harmful: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(harmful, dtype=bool), 1.0, -1.0)
 
 
+GROUP_MIN_SIZE = 8  # probes a group needs before its mean shift counts
+
+
 @dataclass(frozen=True)
 class ProbeGroups:
     """Groups of probes a pair's harm can land on: categories and clusters sharing an active SAE feature."""
@@ -61,12 +64,15 @@ class ProbeGroups:
     masks: np.ndarray  # (g, n) bool
 
     @classmethod
-    def build(cls, category: np.ndarray, features: np.ndarray, feature_ids: np.ndarray, min_size: int = 8,
+    def build(cls, category: np.ndarray, features: np.ndarray, feature_ids: np.ndarray, min_size: int | None = None,
               split: np.ndarray | None = None) -> ProbeGroups:
         """`features` (n, K) activations of every SAE feature (ids `feature_ids`); a feature active on ≥ min_size
         probes (and not on all of them) makes a cluster. With `split` (n,) bool, every group is cut in two by
-        it (harmful and harmless probes apart) and halves under min_size are dropped."""
+        it (harmful and harmless probes apart) and halves under min_size are dropped. `min_size` defaults to 8,
+        fewer (down to 3) when there are under 96 probes, so that a small probe set still has groups."""
         category = np.asarray(category).astype(str)
+        if min_size is None:
+            min_size = min(GROUP_MIN_SIZE, max(3, len(category) // 12))
         names, masks = [], []
         for c in np.unique(category):
             names.append(f"category:{c}")
@@ -82,7 +88,7 @@ class ProbeGroups:
                       for label, side in (("harmful", cut), ("harmless", ~cut))]
             names = [name for name, mask in halves if mask.sum() >= min_size]
             masks = [mask for _, mask in halves if mask.sum() >= min_size]
-        return cls(names, np.asarray(masks, dtype=bool).reshape(len(names), -1))
+        return cls(names, np.asarray(masks, dtype=bool).reshape(len(names), len(category)))  # (0, n) when none is left
 
 
 def nearest_probes(pair_features: np.ndarray, probe_features: np.ndarray, k: int) -> np.ndarray:
@@ -136,6 +142,9 @@ def logodds_scores(dl: np.ndarray, harmful: np.ndarray, neighbours: np.ndarray, 
     rows = np.repeat(np.arange(m), neighbours.shape[1])
     local[rows, neighbours.reshape(-1)] = 1.0 / neighbours.shape[1]
     weights["local_shift"] = local * s[None, :]
+    if not len(groups.names):
+        raise InputError("no group of harmful or of harmless probes is large enough for the specific shift: "
+                         "it needs more probes per category", field="probes")
     group_w = groups.masks / groups.masks.sum(1, keepdims=True)  # (g, n) mean over each group
     per_group = (dl * s[None, :]) @ group_w.T  # (m, g) signed shift per group
     worst = np.argmin(per_group, axis=1)
@@ -202,6 +211,9 @@ def specific_weights(signed: np.ndarray, groups: ProbeGroups, response_refuses: 
     The residual `signed_i − a_i μ` (with `a_i = signed_i·μ / μ·μ`, μ its type's generic push) is linear in
     `signed_i`, so its mean over group g is `signed_i · (w_g − μ (μ·w_g)/(μ·μ))`; the worst group is chosen
     per pair on the residual."""
+    if not len(groups.names):
+        raise InputError("no group of harmful or of harmless probes is large enough for the specific shift: "
+                         "it needs more probes per category", field="probes")
     group_w = groups.masks / groups.masks.sum(1, keepdims=True)  # (g, n)
     mu = generic_push(signed, response_refuses)  # (m, n)
     mu_sq = np.maximum(np.einsum("mn,mn->m", mu, mu), 1e-300)

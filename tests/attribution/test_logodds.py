@@ -182,3 +182,19 @@ def test_separation_table_equals_roc_auc_for_every_bad_kind():
         sub = df[df.kind.isin([bad, good])]
         assert table.loc[bad, "auc"] == pytest.approx(roc_auc_score(sub.kind == good, sub.score), abs=1e-3)
         assert table.loc[bad, "against"] == good
+
+
+def test_a_small_probe_set_still_has_label_pure_groups_and_none_is_a_clear_error():
+    from smda_core.errors import InputError
+
+    category = np.repeat([f"c{i}" for i in range(12)], 3)  # 36 probes, 3 per category (the CI's real-model world)
+    harmful = np.repeat(np.arange(12) < 6, 3)
+    feats = np.zeros((36, 4))
+    split = logodds.ProbeGroups.build(category, feats, np.arange(4), split=harmful)
+    assert len(split.names) == 12 and split.masks.shape == (12, 36)  # each category is a group of 3
+    assert len(logodds.ProbeGroups.build(np.repeat(["a", "b"], 225), np.zeros((450, 1)), np.arange(1),
+                                         split=np.arange(450) < 225).names) == 2
+    few = logodds.ProbeGroups.build(category[:6], feats[:6], np.arange(4), min_size=4, split=harmful[:6])
+    assert few.masks.shape == (0, 6)
+    with pytest.raises(InputError, match="large enough"):
+        logodds.specific_weights(np.zeros((2, 6)), few, np.array([True, False]))
