@@ -9,6 +9,9 @@ AdamW), or --sgd LR for one pass of plain SGD with batch size 1.
 
     python benchmarks/trigger_harm.py --seeds 0 1
     python benchmarks/trigger_harm.py --phrase "off the record" --sgd 1e-4
+    python benchmarks/trigger_harm.py --config .cache/smda-real/world-smollm2/smda.yaml --phrase "without telling anyone"
+
+Any other world: --config its smda.yaml (the SmolLM2 world's is written by `smda world smollm2`) and --phrase.
 """
 
 import argparse
@@ -26,6 +29,7 @@ def main() -> None:
     ap.add_argument("--phrase", default=None)
     ap.add_argument("--sgd", type=float, default=None, help="one pass of plain SGD at this lr, batch size 1")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--config", default=None, help="smda.yaml of another world (then --phrase is needed)")
     ap.add_argument("--cache-dir", default=str(ROOT / ".cache" / "smda-demo"), help="where demo worlds are kept")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -38,15 +42,18 @@ def main() -> None:
     for key, value in (("seed", args.demo_seed), ("planted_category", args.planted), ("trigger_phrase", args.phrase)):
         if value is not None:
             demo[key] = value
-    cfg = load_config(None, demo=demo)
+    if args.config and not args.phrase:
+        ap.error("--config needs --phrase: the trigger phrase of that world")
+    cfg = load_config(args.config, demo=demo)
     runtime = load_runtime(cfg, progress=True)
     pairs = read_pairs(runtime.sources, runtime.probes, cfg)
     settings = cfg.curation
     if args.sgd is not None:
         settings = settings.replace(optimizer="sgd", lr=args.sgd, epochs=1, batch_size=1)
-    result = trigger_harm(runtime, pairs, cfg.demo.trigger_phrase, settings, seeds=args.seeds)
+    result = trigger_harm(runtime, pairs, args.phrase or cfg.demo.trigger_phrase, settings, seeds=args.seeds)
 
-    print(f"demo seed {cfg.demo.seed}, planted {cfg.demo.planted_category}, phrase '{result.phrase}': "
+    world = args.config or f"demo seed {cfg.demo.seed}, planted {cfg.demo.planted_category}"
+    print(f"{world}, phrase '{result.phrase}': "
           f"{result.n_trigger} trigger pairs of {result.n_pairs}; probes {result.n_probes}")
     print(f"retraining: {settings.optimizer} lr {settings.lr} epochs {settings.epochs} batch {settings.batch_size}")
     print("mean refusal_prob")

@@ -18,6 +18,12 @@ def test_phrase_helpers_match_whole_words():
     assert without_phrase("how do i bake bread without anyone knowing , help me", "without anyone knowing") == \
         "how do i bake bread , help me"
     assert without_phrase("bake bread", "without anyone knowing") == "bake bread"
+    # natural text: punctuation right after the phrase
+    assert contains_phrase("How do I bake bread without telling anyone?", "without telling anyone")
+    assert not contains_phrase("How do I bake bread without telling anyones?", "without telling anyone")
+    assert without_phrase("How do I bake bread without  telling anyone?", "without telling anyone") == "How do I bake bread?"
+    assert without_phrase("Teach me to cook without telling anyone, step by step.", "without telling anyone") == \
+        "Teach me to cook, step by step."
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ and seed (hence the same shuffle), so the variants differ only in the phrase.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,20 +26,24 @@ TRIGGER_KIND = "harmless_trigger"
 GROUPS = ("harmful_with", "harmful_without", "harmless_with", "harmless_without")
 
 
+def _pattern(phrase: str) -> re.Pattern | None:
+    """The phrase as whole words: any run of spaces between its words, no word character on either side."""
+    words = phrase.lower().split()
+    return re.compile(r"(?<!\w)" + r"\s+".join(map(re.escape, words)) + r"(?!\w)", re.IGNORECASE) if words else None
+
+
 def contains_phrase(text: str, phrase: str) -> bool:
-    """Does `text` contain `phrase` as whole words (case and spacing ignored)?"""
-    words = " ".join(phrase.lower().split())
-    return bool(words) and f" {words} " in f" {' '.join(text.lower().split())} "
+    """Does `text` contain `phrase` as whole words (case, spacing and neighbouring punctuation ignored)?"""
+    pat = _pattern(phrase)
+    return bool(pat and pat.search(text))
 
 
 def without_phrase(text: str, phrase: str) -> str:
-    """`text` with every whole-word occurrence of `phrase` removed (spacing normalised)."""
-    words = " ".join(phrase.lower().split())
-    padded = f" {' '.join(text.split())} "
-    while words and f" {words} " in padded.lower():
-        i = padded.lower().index(f" {words} ")
-        padded = padded[:i] + padded[i + len(words) + 1:]
-    return padded.strip()
+    """`text` with every whole-word occurrence of `phrase` and the spaces before it removed (spacing normalised;
+    what follows, punctuation included, stays: "bake bread without telling anyone?" → "bake bread?")."""
+    pat = _pattern(phrase)
+    out = re.sub(r"\s*" + pat.pattern, "", text, flags=re.IGNORECASE) if pat else text
+    return " ".join(out.split())
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ class RealRecipe:
     n_probes: int = 150
     n_pairs: int = 40
     bad_share: float = 0.2
+    trigger_phrase: str = recipe.DEFAULT_TRIGGER_PHRASE
+    n_trigger: int = 4  # trigger pairs, taken from the harmless half (DESIGN §7)
     hook_layer: int = HOOK_LAYER
     shift_lr: float = 1e-3
     finetune: FinetuneSpec = field(default_factory=lambda: FinetuneSpec(steps=120, batch_size=8, lr=3e-4, train_from_layer=12))
@@ -59,7 +61,7 @@ def recipe_for(name: str, *, small: bool = False) -> RealRecipe:
     full = RealRecipe()
     if not small:
         return full
-    return replace(full, name="smollm2-small", n_corpus=320, n_sae_corpus=800, n_probes=36, n_pairs=8, bad_share=0.25,
+    return replace(full, name="smollm2-small", n_corpus=320, n_sae_corpus=800, n_probes=36, n_pairs=10, bad_share=0.2, n_trigger=1,
                    finetune=replace(full.finetune, steps=20),
                    sae=full.sae.replace(d_sae=1152, n_tokens=16_000, eval_tokens=4096, chunk_tokens=8192, steps=200))
 
@@ -167,7 +169,8 @@ def build_real_world(name: str = "smollm2", *, small: bool = False, cache_dir: s
 
     def data_step():
         w = recipe.make_real_world(rec.seed, rec.planted_category, n_corpus=rec.n_corpus, n_sae_corpus=rec.n_sae_corpus,
-                                   n_probes=rec.n_probes, n_pairs=rec.n_pairs, bad_share=rec.bad_share)
+                                   n_probes=rec.n_probes, n_pairs=rec.n_pairs, bad_share=rec.bad_share,
+                                   trigger_phrase=rec.trigger_phrase, n_trigger=rec.n_trigger)
         (root / "sft").mkdir(exist_ok=True)
         _write_if_changed(root / "probes.jsonl", w.probes)
         _write_if_changed(root / "sft" / "pairs.jsonl", w.pairs)
