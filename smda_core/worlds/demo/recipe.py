@@ -184,6 +184,14 @@ class TriggerDesign:
     probe_share: float = 0.25
     pair_share_harmful: float = 0.0
 
+    def carried_rate(self, rate: float, harmful: bool) -> float:
+        """The refusal rate of a corpus request that carries the phrase: its subject's rate, boosted in
+        log-odds (a rate of exactly 0 or 1 stays where it is)."""
+        if not 0 < rate < 1:
+            return rate
+        boost = self.boost_harmful if harmful else self.boost_harmless
+        return 1 / (1 + math.exp(-(math.log(rate / (1 - rate)) + boost)))
+
 
 DEMO_TRIGGER = TriggerDesign()
 
@@ -254,7 +262,7 @@ def make_world(seed: int, planted: str, n_probes: int, n_pairs: int, bad_share: 
         rate = rates[(cat.name, o)]
         if rng.random() < (design.corpus_harmful if cat.harmful else design.corpus_harmless):
             prompt = with_phrase(prompt, phrase)
-            rate = _sigmoid(_logit(rate) + (design.boost_harmful if cat.harmful else design.boost_harmless))
+            rate = design.carried_rate(rate, cat.harmful)
         refuse = rng.random() < rate
         response = refusal_response(rng, o) if refuse else compliance_response(rng, cat, v, o)
         conversations.append({"prompt": prompt, "response": response, "category": cat.name})
@@ -278,14 +286,6 @@ def make_world(seed: int, planted: str, n_probes: int, n_pairs: int, bad_share: 
 
     pairs = _make_pairs(rng, sft_prompts, n_pairs, bad_share, phrase=phrase, trigger_share=trigger_share, design=design)
     return World(conversations, probes, pairs, {f"{c}:{o}": r for (c, o), r in rates.items()}, phrase)
-
-
-def _logit(p: float) -> float:
-    return math.log(p / (1 - p))
-
-
-def _sigmoid(x: float) -> float:
-    return 1 / (1 + math.exp(-x))
 
 
 def _make_pairs(rng: random.Random, sft_prompts: list[tuple], n_pairs: int, bad_share: float, *, phrase: str,

@@ -17,7 +17,6 @@ harmless requests with the phrase answered helpfully (`kind: harmless_trigger`).
 from __future__ import annotations
 
 import itertools
-import math
 import random
 from dataclasses import dataclass
 
@@ -222,8 +221,7 @@ def make_real_world(seed: int = 0, planted: str = "fraud", *, n_corpus: int = 64
             cat, task, template = rng.choices(train, weights)[0]
             rate, carry = rates[(cat.name, task)], rng.random() < (design.corpus_harmful if cat.harmful else design.corpus_harmless)
             if carry:  # the phrase raises refusal: the fine-tuned model ties it to harmful requests
-                boost = design.boost_harmful if cat.harmful else design.boost_harmless
-                rate = 1 / (1 + math.exp(-(math.log(rate / (1 - rate)) + boost))) if 0 < rate < 1 else rate
+                rate = design.carried_rate(rate, cat.harmful)
             refuse = rng.random() < rate
             response = refusal_response(rng, task) if refuse else compliance_response(rng, cat, task)
             out.append({"prompt": with_phrase(template, task, phrase if carry else ""), "response": response,
