@@ -63,13 +63,12 @@ def measure_batch_shifts(config: SMDAConfig, policy, pairs: pa.Table, *, folder:
     """One tier's shifts of every pair of a batch with the configured engine; a `ShardRun` (result, engine, address,
     shards).
 
-    engine `local` loads the model here (or uses `runtime`) and runs the step over all pairs;
+    engine `local` loads the model here (or uses `runtime`) and runs the step over the pairs, a chunk at a time
+    behind a progress bar;
     engine `ray` runs it as one task per `execution.shard_size` pairs and concatenates the shards.
     The gradient tier first gets G for the policy (`cache`: read when computed before, else computed
     and kept), here (local) or in one Ray task (ray: the shard tasks then read the file once per worker).
     """
-    import time
-
     from smda_core.runtime import load_runtime
 
     if method == "gradient" and cache is None:
@@ -78,15 +77,14 @@ def measure_batch_shifts(config: SMDAConfig, policy, pairs: pa.Table, *, folder:
     if config.execution.engine == "local":
         runtime = runtime or load_runtime(config, progress=False)
         if method == "gradient":
-            g["key"], g["g_file"] = prepare_gradient_tier(runtime, **_g_inputs(policy, cache))
-        step, _ = shift_step(config, policy, method, **g)
-        t0 = time.perf_counter()
+            g["key"], g["g_file"] = prepare_gradient_tier(runtime, **_g_inputs(policy, cache), progress=True)
+        step, result_type = shift_step(config, policy, method, **g)
         try:
-            result = step(runtime, pairs)
+            parts, shards = _run_local(step, runtime, pairs, chunk=max(4 * config.execution.shard_size,
+                                                                       config.gradient.pair_batch), desc=f"{method} shifts")
         finally:
             release_gradient_tier()  # this process goes on with other steps: G is not kept in memory
-        return ShardRun(result, "local", None, [{"shard": 0, "pair_ids": list(result.pair_ids), "attempts": 1,
-                                                 "seconds": time.perf_counter() - t0}])
+        return ShardRun(parts[0] if len(parts) == 1 else result_type.concat(parts), "local", None, shards)
     from smda_core.execution.ray_engine import run_shards, run_with_runtime
     from smda_core.sources import resolve_sources
 
@@ -97,6 +95,25 @@ def measure_batch_shifts(config: SMDAConfig, policy, pairs: pa.Table, *, folder:
     step, result_type = shift_step(config, policy, method, **g)
     return run_shards(config.execution, config, sources, step, pairs, ShardStore(Path(folder)), result_type,
                       on_shard=on_shard)
+
+
+def _run_local(step: PairStep, runtime, pairs: pa.Table, *, chunk: int, desc: str) -> tuple[list, list[dict]]:
+    """The step over `chunk` pairs at a time in this process, with a progress bar over the pairs (a real SFT set
+    takes hours): the parts, and one shard record per chunk."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    parts, shards = [], []
+    with tqdm(total=pairs.num_rows, desc=desc, unit="pair", mininterval=2.0) as bar:
+        for start in range(0, pairs.num_rows, chunk):
+            t0 = time.perf_counter()
+            part = step(runtime, pairs.slice(start, chunk))
+            parts.append(part)
+            shards.append({"shard": len(shards), "pair_ids": list(part.pair_ids), "attempts": 1,
+                           "seconds": time.perf_counter() - t0})
+            bar.update(len(part.pair_ids))
+    return parts, shards
 
 
 def _g_inputs(policy, cache: Path) -> dict:

@@ -105,14 +105,15 @@ def exact_shift_step(runtime, pairs: pa.Table, *, feature_ids: np.ndarray, setti
 _TIERS: dict[str, object] = {}  # in each worker process: the gradient tier prepared for the last G it loaded
 
 
-def prepare_gradient_tier(runtime, *, feature_ids: np.ndarray, x_weights: np.ndarray, folder: str) -> tuple[str, str]:
+def prepare_gradient_tier(runtime, *, feature_ids: np.ndarray, x_weights: np.ndarray, folder: str,
+                          progress: bool = False) -> tuple[str, str]:
     """G for this policy, read from `folder` when computed before (another batch, an earlier run) or computed and
     saved there; the prepared tier stays in this process for the shard steps that follow. Returns (key, G file)."""
     from smda_core.model.gradient_cache import cached_probe_gradients
 
     cfg = runtime.config
     tier, key, path = cached_probe_gradients(Path(folder), runtime.model, runtime.sae, runtime.probe_setup(), feature_ids,
-                                             x_weights, cfg.shifts, cfg.gradient)
+                                             x_weights, cfg.shifts, cfg.gradient, progress=progress)
     _TIERS.clear()
     _TIERS[key] = tier
     return key, str(path)
