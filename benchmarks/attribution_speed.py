@@ -142,14 +142,14 @@ def worker(tier: str, m: int, world_pairs: int, projection: int | None, exact_pa
         out["warehouse_mib_per_pair_with_probe_shifts"] = mib / sub.num_rows
         out["result_mib_at_m"] = 2 * m * policy.n * policy.k * 8 / 2 ** 20  # dX_exact + dX_linearised, float64
     elif tier in ("tracin", "trak"):
-        from smda_core.experiments.peer import harmful_weights, tracin_probe_target, trak_probe_target
+        from smda_core.experiments.peer import harmful_target, tracin, trak
 
         rows = list(zip(pairs["prompt"].to_pylist(), pairs["response"].to_pylist()))
-        w = harmful_weights(probes.harmful)
+        target = [harmful_target(probes.harmful)]  # the peer's single number per pair
         if tier == "tracin":
-            _, sec = tracin_probe_target(rt.model, rt.tokenizer, rows, rt.encoded, w, rt.refusal_openings, lr=cfg.shifts.lr)
+            _, sec = tracin(rt.model, rt.tokenizer, rows, rt.encoded, target, rt.refusal_openings, lr=cfg.shifts.lr)
         else:
-            _, sec = trak_probe_target(rt.model, rt.tokenizer, rows, rt.encoded, w, rt.refusal_openings)
+            _, sec = trak(rt.model, rt.tokenizer, rows, rt.encoded, target, rt.refusal_openings)
         out["seconds_per_pair"] = sec
     out["peak_rss_mib"] = _rss_mib()
     out["peak_rss_above_setup_mib"] = _rss_mib() - base

@@ -104,18 +104,16 @@ def _peer(runtime, harmful: np.ndarray, pairs: dict, lr: float) -> dict | None:
         import dattri  # noqa: F401
     except ImportError:
         return None
-    from smda_core.experiments.peer import harmful_weights, margin_weights, tracin_probe_target, trak_probe_target
+    from smda_core.experiments.peer import harmful_target, margin_target, tracin, trak
 
     ids = sorted(pairs)
     rows = [pairs[i] for i in ids]
-    on_harmful, margin = harmful_weights(harmful), margin_weights(harmful)
-    args = (runtime.model, runtime.tokenizer, rows, runtime.encoded)
+    targets = (harmful_target(harmful), margin_target(harmful))
     out = {}
-    for name, peer, kw in (("dattri_tracin", tracin_probe_target, {"lr": lr}), ("dattri_trak", trak_probe_target, {})):
-        scores, seconds = peer(*args, on_harmful, runtime.refusal_openings, log_odds=False, **kw)
-        by_margin, _ = peer(*args, margin, runtime.refusal_openings, log_odds=True, **kw)
-        out[name] = {"scores": dict(zip(ids, scores.tolist())), "seconds": seconds,
-                     "margin": dict(zip(ids, by_margin.tolist()))}
+    for name, peer, kw in (("dattri_tracin", tracin, {"lr": lr}), ("dattri_trak", trak, {})):
+        scores, seconds = peer(runtime.model, runtime.tokenizer, rows, runtime.encoded, targets, runtime.refusal_openings, **kw)
+        out[name] = {"scores": dict(zip(ids, scores[:, 0].tolist())), "seconds": seconds,
+                     "margin": dict(zip(ids, scores[:, 1].tolist()))}
     return out
 
 

@@ -1,8 +1,8 @@
-"""The peers (dattri's TracIn and TRAK) on a tiny tied-embedding Llama, against an independent float64 product.
+"""The peers (dattri's TracIn and TRAK) on a tiny tied-embedding Llama, against independent float64 gradients.
 
 TracIn's score of a pair on T = Σ_p w_p f_p is the first-order change of T under one SGD step on the pair,
-−lr·∇L(pair)·∇T: computed here with plain torch.autograd in float64 over the model's own parameters (the
-tied embedding counted once, as an optimizer would step it), not with torch.func or dattri.
+−lr·∇L(pair)·∇T; TRAK's is a kernel regression of the test gradient on the pairs' projected gradients. The
+gradients are computed here with plain torch.autograd in float64, not with torch.func or dattri.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("dattri")
 
-from smda_core.experiments.peer import tracin_probe_target, trak_probe_target  # noqa: E402
+from smda_core.experiments.peer import Target, tracin, trak  # noqa: E402
 from smda_core.model.chat import encode_pair, encode_prompt  # noqa: E402
 from smda_core.model.training import response_ce, sft_batch  # noqa: E402
 
@@ -46,42 +46,68 @@ def tiny():
     return model, tok, probes, openings
 
 
-def _first_order(model, tok, probes, openings, weights, lr, log_odds):
-    """−lr·∇L(pair)·∇T per pair, float64, plain autograd."""
+def _gradients(model, tok, probes, openings, targets):
+    """Plain float64 autograd: the (m, D) SFT-loss gradients of the pairs, the (T, D) gradients of each target
+    T = Σ_p w_p f_p, and each pair's probability of its own response (TRAK's 1 − Q), over the model's own
+    parameters (the tied embedding counted once, as an optimizer would step it)."""
     m64 = copy.deepcopy(model).double()
     params = list(m64.parameters())
-    f = []
+
+    def flat(value):
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(value, params, retain_graph=True)]).numpy()
+
+    f_lp, f_odds = [], []
     for p in probes:
         lp = torch.log_softmax(m64(input_ids=torch.tensor([list(p.input_ids)])).logits[0, p.last], -1)
         log_p = torch.logsumexp(torch.stack([lp[o[0]] for o in openings]), 0)
-        f.append(log_p - torch.log1p(-torch.exp(log_p)) if log_odds else log_p)
-    T = (torch.as_tensor(weights, dtype=torch.float64) * torch.stack(f)).sum()
-    gT = torch.autograd.grad(T, params)
-    out = []
+        f_lp.append(log_p)
+        f_odds.append(log_p - torch.log1p(-torch.exp(log_p)))
+    g_targets = np.stack([flat((torch.as_tensor(t.weights, dtype=torch.float64)
+                                * torch.stack(f_odds if t.log_odds else f_lp)).sum()) for t in targets])
+    g_pairs, produced = [], []
     for prompt, response in PAIRS:
         batch = sft_batch([encode_pair(tok, prompt, response)], tok.pad_token_id)
         loss = response_ce(m64(input_ids=batch.input_ids).logits[0], batch.labels[0])
-        g = torch.autograd.grad(loss, params)
-        out.append(-lr * sum(float((a * b).sum()) for a, b in zip(g, gT)))
-    return np.array(out)
+        g_pairs.append(flat(loss))
+        produced.append(float(torch.exp(-loss)))
+    return np.stack(g_pairs), g_targets, np.array(produced)
 
 
-@pytest.mark.parametrize("log_odds", [False, True])
-def test_tracin_is_the_first_order_change_of_the_target(tiny, log_odds):
+TARGETS = [Target(np.array([0.5, -0.25, -0.25, 1.0])), Target(np.array([0.5, -0.25, -0.25, 1.0]), log_odds=True),
+           Target(np.full(len(PROBES), 1 / len(PROBES)))]
+
+
+def test_tracin_is_the_first_order_change_of_each_target(tiny):
+    """TracIn's score is −lr·∇L(pair)·∇T, every target from one run."""
     model, tok, probes, openings = tiny
-    weights = np.array([0.5, -0.25, -0.25, 1.0])
-    got, seconds = tracin_probe_target(model, tok, PAIRS, probes, weights, openings, lr=1e-3, log_odds=log_odds)
-    want = _first_order(model, tok, probes, openings, weights, 1e-3, log_odds)
-    assert seconds > 0 and np.abs(want).min() > 0
+    got, seconds = tracin(model, tok, PAIRS, probes, TARGETS, openings, lr=1e-3)
+    g_pairs, g_targets, _ = _gradients(model, tok, probes, openings, TARGETS)
+    want = -1e-3 * g_pairs @ g_targets.T
+    assert got.shape == (len(PAIRS), len(TARGETS)) and seconds > 0 and np.abs(want).min() > 0
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6 * np.abs(want).max())
 
 
-def test_trak_scores_every_pair_with_a_seeded_projection(tiny):
-    """With as many projected dimensions as pairs, TRAK's kernel is square; its scores are finite and not all equal,
-    and re-running with the same seed gives the same scores (the projection is seeded)."""
+def test_trak_is_the_kernel_regression_of_the_projected_gradients(tiny):
+    """With as many projected dimensions as pairs, TRAK's score of pair i on a test gradient g is
+    Q_i·[gᵀP (G P)⁻¹]_i (Φ = G P square, so Φ(ΦᵀΦ)⁻¹ = Φ⁻ᵀ), with Q_i = 1 − p(pair i's response). The
+    projection P is dattri's seeded one, applied here to independent float64 gradients; the kernel algebra and
+    Q are computed here. The same seed gives the same scores."""
+    from dattri.func.projection import random_project
+
     model, tok, probes, openings = tiny
-    weights = np.full(len(probes), 1 / len(probes))
-    a, _ = trak_probe_target(model, tok, PAIRS, probes, weights, openings, proj_dim=len(PAIRS))
-    b, _ = trak_probe_target(model, tok, PAIRS, probes, weights, openings, proj_dim=len(PAIRS))
-    assert a.shape == (len(PAIRS),) and np.isfinite(a).all() and np.ptp(a) > 0
-    np.testing.assert_array_equal(a, b)
+    m = len(PAIRS)
+    got, _ = trak(model, tok, PAIRS, probes, TARGETS, openings, proj_dim=m, seed=3)
+    again, _ = trak(model, tok, PAIRS, probes, TARGETS, openings, proj_dim=m, seed=3)
+    np.testing.assert_array_equal(got, again)
+    g_pairs, g_targets, produced = _gradients(model, tok, probes, openings, TARGETS)
+
+    def project(g):
+        x = torch.as_tensor(g, dtype=torch.float32)
+        return random_project(x, x.shape[0], proj_dim=m, proj_max_batch_size=32, proj_seed=3, device="cpu")(
+            x, ensemble_id=0).double().numpy()
+
+    phi = project(g_pairs)  # (m, m)
+    test = project(-g_targets)  # dattri's test loss is −T
+    want = np.linalg.solve(phi.T, test.T) * (1 - produced)[:, None]  # (m, T)
+    assert got.shape == (m, len(TARGETS)) and np.abs(want).min() > 0
+    np.testing.assert_allclose(got, want, rtol=5e-3, atol=1e-4 * np.abs(want).max())
