@@ -69,15 +69,18 @@ def encode_prompt(tokenizer, prompt: str, *, name: str = "prompt", max_tokens: i
     return EncodedPrompt(tuple(ids), user, eot, len(ids) - 1)
 
 
-def encode_pair(tokenizer, prompt: str, response: str, *, name: str = "pair", max_tokens: int | None = None) -> tuple[list[int], int]:
+def encode_pair(tokenizer, prompt: str, response: str, *, name: str = "pair", max_tokens: int | None = None,
+                head: EncodedPrompt | None = None) -> tuple[list[int], int]:
     """Token ids of prompt + response as the model would see them in SFT, and where the response starts.
 
     The loss of SFT is taken on the tokens from that index on (response tokens, end-of-turn included).
-    `max_tokens` is the model's context (:func:`context_length`); None checks no length.
+    `max_tokens` is the model's context (:func:`context_length`); None checks no length. `head`: the
+    prompt already encoded by :func:`encode_prompt` (a caller that reads the prompt too encodes it once).
     """
     if not response.strip():
         raise InputError("empty response", path=name, field="response")
-    head = encode_prompt(tokenizer, prompt, name=name, max_tokens=max_tokens if max_tokens is not None else 10**9)
+    if head is None:
+        head = encode_prompt(tokenizer, prompt, name=name, max_tokens=max_tokens if max_tokens is not None else 10**9)
     messages = [{"role": "user", "content": prompt.strip()}, {"role": "assistant", "content": response.strip()}]
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     ids = tokenizer(full, add_special_tokens=False)["input_ids"]

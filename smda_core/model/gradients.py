@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from smda_core.config import GradientSettings, ShiftSettings
 from smda_core.errors import ConfigError, SMDAError
-from smda_core.model.chat import context_length, encode_pair, encode_prompt
+from smda_core.model.chat import EncodedPrompt, context_length, encode_pair, encode_prompt
 from smda_core.model.loading import capture_residual
 from smda_core.model.measurements import GradientShifts
 from smda_core.model.projection import GradientSpace
@@ -199,17 +199,25 @@ def pair_gradients(model, space: GradientSpace, encoded: Sequence[tuple[list[int
         return cap.gradients()
 
 
+def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str, str]], context: int
+                 ) -> tuple[list[EncodedPrompt], list[tuple[list[int], int]]]:
+    """Each pair's prompt (as the screen reads it) and prompt + response (as SFT trains on it), the prompt
+    tokenised once."""
+    heads = [encode_prompt(tokenizer, p, name=f"pair {pid}") for pid, p, _ in pairs]
+    full = [encode_pair(tokenizer, p, resp, name=f"pair {pid}", max_tokens=context, head=h)
+            for (pid, p, resp), h in zip(pairs, heads)]
+    return heads, full
+
+
 def screen_pairs(model, tokenizer, sae, setup: ProbeSetup, feature_ids: np.ndarray, pairs: Sequence[tuple[str, str, str]],
-                 *, batch_size: int = 64) -> ScreenResult:
-    """The `screen` tier: one forward pass over each pair's own prompt (every SAE feature), no gradient."""
+                 *, batch_size: int = 64, encoded: tuple[list[EncodedPrompt], list] | None = None) -> ScreenResult:
+    """The `screen` tier: one forward pass over each pair's own prompt (every SAE feature), no gradient.
+    `encoded`: the pairs as :func:`encode_pairs` gives them, when the caller has them already."""
     t0 = time.perf_counter()
-    prompts = [encode_prompt(tokenizer, p, name=f"pair {pid}") for pid, p, _ in pairs]
+    prompts, full = encoded or encode_pairs(tokenizer, pairs, context_length(model.config))
     r = read_probes(model, sae, setup.hook_layer, prompts, setup.refusal_openings, position=setup.position,
                     batch_size=batch_size, pad_id=setup.pad_id, progress=False)
-    context = context_length(model.config)
-    refuses = np.array([_opens_with(ids[n:], setup.refusal_openings) for ids, n in
-                        (encode_pair(tokenizer, p, resp, name=f"pair {pid}", max_tokens=context) for pid, p, resp in pairs)],
-                       dtype=bool)
+    refuses = np.array([_opens_with(ids[n:], setup.refusal_openings) for ids, n in full], dtype=bool)
     feature_ids = np.asarray(feature_ids, dtype=np.int64)
     prompt_X = np.zeros((len(pairs), len(feature_ids)))
     col = {int(f): j for j, f in enumerate(feature_ids)}
@@ -268,11 +276,11 @@ class GradientTier:
     def shifts(self, tokenizer, pairs: Sequence[tuple[str, str, str]], *, progress: bool = False) -> GradientShifts:
         """First-order ΔY, ΔP over every probe and the ΔX pathway of Δβ for these pairs (see the module doc)."""
         setup, G = self.setup, self.probe_grads
+        t0 = time.perf_counter()
+        heads, encoded = encode_pairs(tokenizer, pairs, context_length(self.read_model.config))
         screen = screen_pairs(self.read_model, tokenizer, self.sae, setup, self.feature_ids, pairs,
-                              batch_size=self.settings.batch_size)
-        context = context_length(self.read_model.config)
-        encoded = [encode_pair(tokenizer, prompt, response, name=f"pair {pid}", max_tokens=context)
-                   for pid, prompt, response in pairs]
+                              batch_size=self.settings.batch_size, encoded=(heads, encoded))
+        shared = (time.perf_counter() - t0) / max(1, len(pairs))  # each pair's share of its prompt's readout
         m, n = len(pairs), len(setup.prompts)
         dlogr = np.zeros((m, n))
         dlogc = np.zeros((m, n)) if G.logc is not None else None
@@ -290,7 +298,7 @@ class GradientTier:
                 if dlogc is not None:
                     dlogc[idx] = (-eta * (G.logc @ g)).T.double().cpu().numpy()
                 dxf[idx] = (-eta * (G.xf @ g)).T.double().cpu().numpy()
-            seconds[idx] = (time.perf_counter() - t0) / len(idx)
+            seconds[idx] = (time.perf_counter() - t0) / len(idx) + shared
         p = np.exp(np.asarray(self.base.logp_openings[:, : len(setup.refusal_openings)], dtype=np.float64)).sum(1)
         dP = p[None, :] * dlogr  # first order: Δp = p Δlog p
         dY = _behaviour_shift(setup.behaviour, p, dlogr, dlogc)
