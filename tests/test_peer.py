@@ -69,7 +69,7 @@ def _gradients(model, tok, probes, openings, targets):
         batch = sft_batch([encode_pair(tok, prompt, response)], tok.pad_token_id)
         loss = response_ce(m64(input_ids=batch.input_ids).logits[0], batch.labels[0])
         g_pairs.append(flat(loss))
-        produced.append(float(torch.exp(-loss)))
+        produced.append(float(torch.exp(-loss.detach())))
     return np.stack(g_pairs), g_targets, np.array(produced)
 
 
