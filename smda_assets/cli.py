@@ -387,8 +387,10 @@ def explain(pair_id: Annotated[str, typer.Argument(help="the pair to explain (it
     console.print(f"  prompt:   {escape(p['prompt'])}\n  response: {escape(p['response'])}")
     console.print(f"  metadata: {escape(str(p['metadata_json']))}")
     fit = query(path, "SELECT score_name FROM smda.v_policy_fit LIMIT 1").to_pylist()
-    score_name = fit[0]["score_name"] if fit else "harm_shift"
-    cols = "score, margin_shift, local_shift, worst_group_shift, worst_group, specific_shift, specific_group, harm_shift, screen_consistency, alignment, " \
+    from smda_core.attribution.score_names import DEFAULT as DEFAULT_SCORE
+
+    score_name = fit[0]["score_name"] if fit else DEFAULT_SCORE
+    cols = "score, keep_score, margin_shift, local_shift, worst_group_shift, worst_group, specific_shift, specific_group, harm_shift, screen_consistency, alignment, " \
            "correctness_shift, interference, interference_z, flagged, flagged_legacy"
     print_rows(query(path, f"SELECT {cols} FROM smda.v_pair_summary WHERE pair_id = ?", [pair_id]),
                f"scores (score = {score_name}; higher = a better pair to keep)")

@@ -133,10 +133,12 @@ def attribute(policy: Policy, probes: ProbeScores, shifts: PairShifts | Gradient
         m, n = shifts.dY.shape
         scored = _score(policy, probes, shifts, np.broadcast_to(np.zeros(1), (m, n, policy.k)), a.score)
         # without per-probe ΔX the policy's activation parts are unknown: keep only the effect-fit mechanism rows
-        keep = [i for i, src in enumerate(scored.mechanism["source"]) if src.startswith("effect-fit")]
+        keep = [i for i, (src, name) in enumerate(zip(scored.mechanism["source"], scored.mechanism["score"]))
+                if src.startswith("effect-fit") or name == "keep_score"]  # keep_score's policy rows read no ΔX
         mech = {c: [v[i] for i in keep] for c, v in scored.mechanism.items()}
         return dataclasses.replace(attr, pair_summary={**attr.pair_summary, **scored.summary}, pair_mechanism=mech,
-                                   completeness={k: v for k, v in scored.completeness.items() if k.endswith("/effect-fit")})
+                                   completeness={k: v for k, v in scored.completeness.items()
+                                                 if k.endswith("/effect-fit") or k == "keep_score"})
     attr = attribute_pairs(policy, shifts.pair_ids, shifts.dX(config.shifts.delta_x), shifts.dY, shifts.dP,
                            pair_prompt_X=shifts.prompt_X, probe_harmful=probes.harmful, probe_category=probes.category,
                            active_flips=shifts.active_flips, intended=intended, intended_top=a.intended_top,

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from smda_core.attribution import score_names
 from smda_core.errors import ConfigError
 
 Position = Literal["end_of_turn", "last", "mean", "max"]
@@ -161,9 +162,9 @@ class AttributionSettings(_Strict):
     methods: tuple[Literal["refit", "linear"], ...] = ("refit", "linear")
     primary: Literal["refit", "linear"] = "refit"
     intended_top: int = Field(3, ge=1, description="turn-1 interference: the prompt's top policy features count as intended")
-    score: Literal["margin_shift", "local_shift", "worst_group_shift", "specific_shift", "harm_shift",
+    score: Literal["keep_score", "margin_shift", "local_shift", "worst_group_shift", "specific_shift", "harm_shift",
                    "screen_consistency"] = Field(
-        "harm_shift", description="the recommended score: `score` of v_pair_summary, the default of curation rules")
+        score_names.DEFAULT, description="the recommended score: `score` of v_pair_summary, the default of curation rules")
 
 
 class CurationSettings(_Strict):

@@ -1,7 +1,7 @@
 -- One row per SFT pair: the kind-free log-odds scores and the recommended `score` (higher = a better pair to keep),
 -- the paper's alignment, behaviour shifts, the named harm feature, calibrated interference and the turn-1 flag.
 CREATE OR REPLACE VIEW smda.v_pair_summary AS
-SELECT s.pair_id, s.batch_id, s.score, s.margin_shift, s.local_shift, s.worst_group_shift, s.worst_group,
+SELECT s.pair_id, s.batch_id, s.score, s.keep_score, s.margin_shift, s.local_shift, s.worst_group_shift, s.worst_group,
        s.specific_shift, s.specific_group, s.harm_shift,
        s.screen_consistency, s.alignment, s.alignment_refit, s.alignment_linear, s.correctness_shift,
        s.dy_harmful, s.dy_harmless, s.active_flips, s.dominant_feature, l.label AS dominant_label,

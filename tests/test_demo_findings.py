@@ -38,9 +38,14 @@ def test_the_recommended_score_finds_every_kind_of_bad_pair(pairs):
 def test_the_recommended_score_adds_up_over_its_features(pairs, demo_warehouse):
     wh = demo_warehouse
     name = query(wh, "SELECT score_name FROM smda.v_policy_fit").to_pylist()[0]["score_name"]
-    rows = query(wh, "SELECT pair_id, weight_part FROM smda.v_pair_mechanism WHERE score = ? AND source LIKE 'effect-fit%'",
-                 [name]).to_pandas()
-    summed = rows.groupby("pair_id")["weight_part"].sum().reindex(pairs.pair_id)
+    # each pair's rows of the score: its effect-fit split (every SAE feature, the rest, the uniform part), or for a
+    # pair condemned by its contradiction of the policy, that split over the policy's features and the intercept
+    rows = query(wh, "SELECT pair_id, source, activation_part, weight_part FROM smda.v_pair_mechanism "
+                     "WHERE score = ? AND source <> 'landing'", [name]).to_pandas()
+    rows["part"] = rows.activation_part.fillna(0.0) + rows.weight_part  # effect-fit rows have no activation part
+    effect = rows[rows.source.str.startswith("effect-fit")]
+    policy = rows[rows.source.str.startswith("policy") & ~rows.pair_id.isin(effect.pair_id)]
+    summed = pd.concat([effect, policy]).groupby("pair_id")["part"].sum().reindex(pairs.pair_id)
     assert summed.notna().all()
     rho = spearmanr(summed.to_numpy(), pairs["score"].to_numpy())[0]
     print(name, "completeness", round(rho, 3))

@@ -22,7 +22,12 @@ with higher meaning a better pair to keep:
   scale is taken from the batch, so the score stays a weighted sum of Δℓ (its weights are the chosen
   score's over that scale) and its mechanism parts stay exact;
 - `screen_consistency` (forward only): the policy's predicted refusal for the pair's prompt against
-  whether its response opens with a refusal; negative when the response contradicts the policy.
+  whether its response opens with a refusal; negative when the response contradicts the policy;
+- `keep_score`: the worse of `harm_shift` and `screen_consistency` in units of its type's robust spread.
+  The two are different evidence of a bad pair: what its step does to the probes (a trigger pair's harm
+  lands far from its own prompt, where no reading of the prompt sees it), and what its own text says
+  against the policy (a pair that complies with a request the policy would refuse, or the reverse, even
+  when its step's harm is spread thin). A pair is as bad as its worse evidence.
 
 No score reads a pair's `kind`, `harmful` label or category. The probe weights W are returned too:
 the mechanism (per-feature parts) and the gradient tier reuse them. Pure numpy.
@@ -189,6 +194,27 @@ def harm_weights(values: dict[str, np.ndarray], weights: dict[str, np.ndarray], 
         rows = pick == j
         out[rows] = weights[name][rows] / sc[rows, None]
     return out
+
+
+@dataclass(frozen=True)
+class KeepScore:
+    """`keep_score` per pair (m,), whether its screen consistency is the worse evidence (m,), and the
+    consistency's type spread (m,), the unit it enters in."""
+
+    values: np.ndarray
+    contradiction: np.ndarray
+    consistency_scale: np.ndarray
+
+
+def keep_score(harm: np.ndarray, consistency: np.ndarray, response_refuses: np.ndarray) -> KeepScore:
+    """The worse of `harm_shift` (already in units of its type's spread) and `screen_consistency` over its
+    type's spread. Only a scale is taken from the batch, so each pair's value stays one of its two scores
+    divided by a number, and its mechanism is that score's parts."""
+    harm = np.asarray(harm, dtype=np.float64)
+    scale = type_scale(consistency, response_refuses)
+    scaled = np.asarray(consistency, dtype=np.float64) / scale
+    contradiction = scaled < harm
+    return KeepScore(np.where(contradiction, scaled, harm), contradiction, scale)
 
 
 def generic_push(signed: np.ndarray, response_refuses: np.ndarray) -> np.ndarray:

@@ -81,6 +81,19 @@ def policy_parts(policy: Policy, lp: LogOddsPolicy, dZ: np.ndarray, weights: np.
     return PolicyParts(act, wt, icpt, comp)
 
 
+def consistency_parts(policy: Policy, prompt_X: np.ndarray, response_refuses: np.ndarray, scale: np.ndarray,
+                      score: np.ndarray) -> PolicyParts:
+    """Split `screen_consistency / scale` over the policy's features: the prediction b + Σ_j Z_j β_j of the pair's
+    prompt is linear, so feature j's part is r·Z_j β_j / scale (an activation part: the prompt's activation
+    read through the fixed weight) and the intercept takes r·(b − threshold) / scale, r = ±1 by the
+    response's type. The split is exact: its completeness is 1 up to ties."""
+    r = np.where(np.asarray(response_refuses, dtype=bool), 1.0, -1.0) / np.asarray(scale, dtype=np.float64)
+    act = policy.design(prompt_X) * policy.fit.coef[None, :] * r[:, None]
+    icpt = (policy.fit.intercept - policy.threshold) * r
+    comp = spearman(act.sum(1) + icpt, score) if len(r) > 2 else float("nan")
+    return PolicyParts(act, np.zeros_like(act), icpt, comp)
+
+
 def residual_shift(dl: np.ndarray, response_refuses: np.ndarray) -> np.ndarray:
     """Δℓ minus the mean Δℓ of the pairs of the same response type (the generic push of refusing or complying)."""
     dl = np.asarray(dl, dtype=np.float64)

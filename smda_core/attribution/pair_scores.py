@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from smda_core.attribution import logodds, mechanism
+from smda_core.attribution.separation import spearman
 from smda_core.policy.fit import Policy
 
 N_NEIGHBOURS = 15
@@ -56,11 +57,16 @@ def score_pairs(policy: Policy, pair_ids: np.ndarray, dZ: np.ndarray, p_base: np
     scores = logodds.logodds_scores(dl, harmful, neighbours, groups, split_groups, response_refuses)
     values = dict(scores.values)
     values["screen_consistency"] = logodds.screen_consistency(policy.predict(prompt_X), policy.threshold, response_refuses)
+    keep = logodds.keep_score(values["harm_shift"], values["screen_consistency"], response_refuses)
+    values["keep_score"] = keep.values
     lp = mechanism.logodds_policy(policy, p_base, dZ, dl)
     parts = {name: mechanism.policy_parts(policy, lp, dZ, scores.weights[name], values[name]) for name in logodds.SCORES}
+    contradiction = mechanism.consistency_parts(policy, prompt_X, response_refuses, keep.consistency_scale,
+                                                values["screen_consistency"] / keep.consistency_scale)
     residual = mechanism.residual_shift(dl, response_refuses)
     design = probe_features if effect_features is None else effect_features
     fit = mechanism.fit_effects(residual, design, np.arange(design.shape[1]))
+    harm_effect = mechanism.effect_parts(fit, residual, dl, scores.weights["harm_shift"], values["harm_shift"])
     effect = mechanism.effect_parts(fit, residual, dl, scores.weights[recommended], values[recommended]) \
         if recommended in scores.weights else None
     inter = mechanism.interference(residual, harmful, neighbours, response_refuses)
@@ -76,7 +82,26 @@ def score_pairs(policy: Policy, pair_ids: np.ndarray, dZ: np.ndarray, p_base: np
     if effect is not None:
         _effect_rows(rows, pair_ids, recommended, fit.feature_ids, effect)
         completeness[f"{recommended}/effect-fit"] = effect.completeness
+    completeness["keep_score"] = _keep_rows(rows, pair_ids, keep, policy.feature_ids, contradiction, fit.feature_ids,
+                                            harm_effect)
     return PairScores(summary, rows, completeness)
+
+
+def _keep_rows(cols: dict[str, list], pair_ids: np.ndarray, keep: logodds.KeepScore, policy_features: np.ndarray,
+               contradiction: mechanism.PolicyParts, effect_features: np.ndarray, harm: mechanism.EffectParts) -> float:
+    """`keep_score`'s rows: a pair that its contradiction of the policy condemns gets that split over the policy's
+    features (exact); any other pair its harm's effect-fit split. Returns the completeness: the Spearman across
+    pairs of each pair's summed parts with `keep_score`."""
+    c = np.asarray(keep.contradiction, dtype=bool)
+    _policy_rows(cols, pair_ids[c], "keep_score", policy_features, _take(contradiction, c))
+    _effect_rows(cols, pair_ids[~c], "keep_score", effect_features,
+                 mechanism.EffectParts(harm.parts[~c], harm.uniform[~c], harm.completeness))
+    summed = np.where(c, contradiction.total.sum(1) + contradiction.intercept, harm.parts.sum(1) + harm.uniform)
+    return spearman(summed, keep.values) if len(c) > 2 else float("nan")
+
+
+def _take(p: mechanism.PolicyParts, rows: np.ndarray) -> mechanism.PolicyParts:
+    return mechanism.PolicyParts(p.activation[rows], p.weight[rows], p.intercept[rows], p.completeness)
 
 
 def _mechanism_rows(pair_ids: np.ndarray, policy_features: np.ndarray, parts: dict[str, mechanism.PolicyParts],
@@ -86,20 +111,27 @@ def _mechanism_rows(pair_ids: np.ndarray, policy_features: np.ndarray, parts: di
     cols: dict[str, list] = {c: [] for c in ("pair_id", "score", "feature_id", "activation_part", "weight_part", "share",
                                              "rank", "source")}
     for name, p in parts.items():
-        total = p.total
-        norm = np.abs(total).sum(1, keepdims=True)
-        share = total / np.where(norm > 0, norm, 1.0)
-        rank = np.argsort(np.argsort(-np.abs(total), axis=1, kind="stable"), axis=1, kind="stable") + 1
-        for i, pid in enumerate(pair_ids):
-            for j, f in enumerate(policy_features):
-                _append(cols, pid, name, int(f), p.activation[i, j], p.weight[i, j], share[i, j], int(rank[i, j]), "policy")
-            _append(cols, pid, name, -1, 0.0, p.intercept[i], float("nan"), 0, "policy-intercept")
+        _policy_rows(cols, pair_ids, name, policy_features, p)
     norm = np.abs(landing).sum(1, keepdims=True)
     for i, pid in enumerate(pair_ids):
         for r, j in enumerate(np.argsort(-landing[i], kind="stable")[:N_NAMED]):
             _append(cols, pid, "harm", int(j), float("nan"), -landing[i, j],
                     -landing[i, j] / norm[i, 0] if norm[i, 0] > 0 else 0.0, r + 1, "landing")
     return cols
+
+
+def _policy_rows(cols: dict[str, list], pair_ids: np.ndarray, score: str, policy_features: np.ndarray,
+                 p: mechanism.PolicyParts) -> None:
+    """One score's split over the policy's features: a row per pair and feature, ranked by |part|, and the
+    intercept's part (feature −1)."""
+    total = p.total
+    norm = np.abs(total).sum(1, keepdims=True)
+    share = total / np.where(norm > 0, norm, 1.0)
+    rank = np.argsort(np.argsort(-np.abs(total), axis=1, kind="stable"), axis=1, kind="stable") + 1
+    for i, pid in enumerate(pair_ids):
+        for j, f in enumerate(policy_features):
+            _append(cols, pid, score, int(f), p.activation[i, j], p.weight[i, j], share[i, j], int(rank[i, j]), "policy")
+        _append(cols, pid, score, -1, 0.0, p.intercept[i], float("nan"), 0, "policy-intercept")
 
 
 def _effect_rows(cols: dict[str, list], pair_ids: np.ndarray, score: str, feature_ids: np.ndarray,

@@ -7,7 +7,13 @@
 LOGODDS = ("margin_shift", "local_shift", "worst_group_shift", "specific_shift", "harm_shift")
 """Computed from the re-measured log-odds of refusal over the probes (DESIGN §4 "Log-odds scores")."""
 
-KIND_FREE = ("score", *LOGODDS, "screen_consistency")
+COMBINED = ("keep_score",)
+"""The worse of a pair's measured harm (`harm_shift`) and its contradiction of the policy (`screen_consistency`)."""
+
+DEFAULT = "keep_score"
+"""The recommended score unless the config names another (`attribution.score`)."""
+
+KIND_FREE = ("score", *COMBINED, *LOGODDS, "screen_consistency")
 """Higher = a better pair to keep, whatever the prompt; none reads a pair's kind, label or category."""
 
 PAPER = ("alignment_refit", "alignment_linear")

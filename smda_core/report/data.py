@@ -14,6 +14,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from smda_core.attribution.score_names import DEFAULT as DEFAULT_SCORE
+
 TOP_HARMFUL = 12
 """Pairs shown with their mechanism: the lowest recommended scores (the pairs to drop first)."""
 HEATMAP_PAIRS, HEATMAP_FEATURES = 30, 20
@@ -44,7 +46,7 @@ class ReportData:
 
     @property
     def score_name(self) -> str:
-        return str(self.fit.get("score_name") or "harm_shift")
+        return str(self.fit.get("score_name") or DEFAULT_SCORE)
 
     @property
     def has_kind(self) -> bool:
@@ -103,8 +105,8 @@ def read_pairs(con) -> pd.DataFrame:
     extra = [c for c in ("kind", "harmful", "category") if c in _columns(con, "v_sft_pairs")]
     cols = ", ".join(f"p.{c}" for c in extra)
     return _frame(con, f"""
-        SELECT s.pair_id, s.batch_id, s.score, s.alignment, s.alignment_refit, s.alignment_linear, s.margin_shift,
-               s.local_shift, s.worst_group_shift, s.specific_shift, s.harm_shift,
+        SELECT s.pair_id, s.batch_id, s.score, s.alignment, s.alignment_refit, s.alignment_linear, s.keep_score,
+               s.margin_shift, s.local_shift, s.worst_group_shift, s.specific_shift, s.harm_shift,
                s.worst_group, s.screen_consistency, s.correctness_shift, s.dy_harmful, s.dy_harmless,
                s.interference, s.interference_z, s.flagged, s.harm_feature, s.harm_label, p.prompt, p.response
                {', ' + cols if cols else ''}
@@ -189,7 +191,7 @@ def read_report_data(warehouse: str | Path) -> ReportData:
     with reading(warehouse) as con:
         fit = read_fit(con)
         pairs = read_pairs(con)
-        score_name = str(fit.get("score_name") or "harm_shift")
+        score_name = str(fit.get("score_name") or DEFAULT_SCORE)
         harmful = pairs.nsmallest(TOP_HARMFUL, "score")["pair_id"].astype(str).tolist() if not pairs.empty else []
         flagged, spill = read_interference(con)
         return ReportData(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
+from smda_core.attribution import score_names
 from smda_core.errors import SMDAError
 from smda_core.model.measurements import ProbeScores
 from smda_core.policy.labels import FeatureLabel
@@ -70,7 +71,7 @@ def read_probe_readout(con) -> tuple[ProbeScores, pa.Table, dict]:
 
 def policy_tables(policy: Policy, scores, labels: Sequence[FeatureLabel], *, preset: str, model: str, sae: str, hook: str,
                   position: str, behaviour: str, dtype: str, formula: str, policy_version: str | None = None,
-                  score_name: str = "harm_shift") -> dict[str, pa.Table]:
+                  score_name: str = score_names.DEFAULT) -> dict[str, pa.Table]:
     """policy_features, policy_fit, feature_labels, probe_contributions and probe_scores (with predictions).
 
     policy_fit records `policy_version` (the policy's data version, which the pair rows computed against it

@@ -74,7 +74,7 @@ TABLES: dict[str, pa.Schema] = {
                             ("screen_consistency", _F), ("score", _F), ("interference", _F), ("interference_z", _F),
                             ("flagged", _B), ("harm_feature", _I32), ("effect_fit_r2", _F), ("response_refuses", _B),
                             ("policy_version", _S), ("specific_shift", _F), ("specific_group", _S),
-                            ("policy_projection", _F), ("sample", _B), ("harm_shift", _F)),
+                            ("policy_projection", _F), ("sample", _B), ("harm_shift", _F), ("keep_score", _F)),
     "feature_maxima": _schema(("probe_id", _S), ("feature_id", _I32), ("activation", _F), ("token_index", _I64)),
     "feature_examples": _schema(("feature_id", _I32), ("rank", _I32), ("probe_id", _S), ("activation", _F), ("token", _S),
                                 ("marked_text", _S)),
