@@ -23,11 +23,13 @@ with higher meaning a better pair to keep:
   score's over that scale) and its mechanism parts stay exact;
 - `screen_consistency` (forward only): the policy's predicted refusal for the pair's prompt against
   whether its response opens with a refusal; negative when the response contradicts the policy;
-- `keep_score`: the worse of `harm_shift` and `screen_consistency` in units of its type's robust spread.
-  The two are different evidence of a bad pair: what its step does to the probes (a trigger pair's harm
-  lands far from its own prompt, where no reading of the prompt sees it), and what its own text says
-  against the policy (a pair that complies with a request the policy would refuse, or the reverse, even
-  when its step's harm is spread thin). A pair is as bad as its worse evidence.
+- `keep_score`: the worse of `harm_shift` and `screen_consistency`, each as a robust z-score among the
+  batch's pairs of the same response type ((value − the type's median) / its robust spread): how far below
+  a typical pair of its type the pair stands. The two are different evidence of a bad pair: what its step
+  does to the probes (a trigger pair's harm lands far from its own prompt, where no reading of the prompt
+  sees it), and what its own text says against the policy (a pair that complies with a request the policy
+  would refuse, or the reverse, even when its step's harm is spread thin). A pair is as bad as its worse
+  evidence, and a low outlier in either is a low outlier of `keep_score`.
 
 No score reads a pair's `kind`, `harmful` label or category. The probe weights W are returned too:
 the mechanism (per-feature parts) and the gradient tier reuse them. Pure numpy.
@@ -197,24 +199,48 @@ def harm_weights(values: dict[str, np.ndarray], weights: dict[str, np.ndarray], 
 
 
 @dataclass(frozen=True)
+class Standardised:
+    """A score as a robust z-score within response types: (value − centre) / scale, each (m,)."""
+
+    centre: np.ndarray
+    scale: np.ndarray
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        return (np.asarray(values, dtype=np.float64) - self.centre) / self.scale
+
+
+@dataclass(frozen=True)
 class KeepScore:
-    """`keep_score` per pair (m,), whether its screen consistency is the worse evidence (m,), and the
-    consistency's type spread (m,), the unit it enters in."""
+    """`keep_score` per pair (m,), whether its contradiction of the policy is the worse evidence (m,), and how
+    each evidence was standardised (its mechanism parts are divided by the scale, the centre taken from the
+    uniform part)."""
 
     values: np.ndarray
     contradiction: np.ndarray
-    consistency_scale: np.ndarray
+    harm: Standardised
+    consistency: Standardised
+
+
+def standardise(values: np.ndarray, response_refuses: np.ndarray) -> Standardised:
+    """Centre and spread of a score over the pairs of each pair's response type (median and 1.4826 × MAD, as
+    `type_scale`; a type with fewer than MIN_TYPE_PAIRS pairs uses every pair)."""
+    v = np.asarray(values, dtype=np.float64)
+    r = np.asarray(response_refuses, dtype=bool)
+    centre = np.empty_like(v)
+    for kind in (True, False):
+        mask = r == kind
+        centre[mask] = np.median(v[mask] if mask.sum() >= MIN_TYPE_PAIRS else v)
+    return Standardised(centre, type_scale(v, r))
 
 
 def keep_score(harm: np.ndarray, consistency: np.ndarray, response_refuses: np.ndarray) -> KeepScore:
-    """The worse of `harm_shift` (already in units of its type's spread) and `screen_consistency` over its
-    type's spread. Only a scale is taken from the batch, so each pair's value stays one of its two scores
-    divided by a number, and its mechanism is that score's parts."""
-    harm = np.asarray(harm, dtype=np.float64)
-    scale = type_scale(consistency, response_refuses)
-    scaled = np.asarray(consistency, dtype=np.float64) / scale
-    contradiction = scaled < harm
-    return KeepScore(np.where(contradiction, scaled, harm), contradiction, scale)
+    """The worse of `harm_shift` and `screen_consistency`, each standardised within response types. Only a
+    centre and a scale are taken from the batch, so each pair's value is one of its two scores moved and
+    divided by numbers, and its mechanism is that score's parts, moved and divided alike."""
+    h, c = standardise(harm, response_refuses), standardise(consistency, response_refuses)
+    hz, cz = h(harm), c(consistency)
+    contradiction = cz < hz
+    return KeepScore(np.where(contradiction, cz, hz), contradiction, h, c)
 
 
 def generic_push(signed: np.ndarray, response_refuses: np.ndarray) -> np.ndarray:

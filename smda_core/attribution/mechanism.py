@@ -81,15 +81,16 @@ def policy_parts(policy: Policy, lp: LogOddsPolicy, dZ: np.ndarray, weights: np.
     return PolicyParts(act, wt, icpt, comp)
 
 
-def consistency_parts(policy: Policy, prompt_X: np.ndarray, response_refuses: np.ndarray, scale: np.ndarray,
-                      score: np.ndarray) -> PolicyParts:
-    """Split `screen_consistency / scale` over the policy's features: the prediction b + Σ_j Z_j β_j of the pair's
-    prompt is linear, so feature j's part is r·Z_j β_j / scale (an activation part: the prompt's activation
-    read through the fixed weight) and the intercept takes r·(b − threshold) / scale, r = ±1 by the
-    response's type. The split is exact: its completeness is 1 up to ties."""
-    r = np.where(np.asarray(response_refuses, dtype=bool), 1.0, -1.0) / np.asarray(scale, dtype=np.float64)
+def consistency_parts(policy: Policy, prompt_X: np.ndarray, response_refuses: np.ndarray, centre: np.ndarray,
+                      scale: np.ndarray, score: np.ndarray) -> PolicyParts:
+    """Split `(screen_consistency − centre) / scale` over the policy's features: the prediction b + Σ_j Z_j β_j
+    of the pair's prompt is linear, so feature j's part is r·Z_j β_j / scale (an activation part: the prompt's
+    activation read through the fixed weight) and the intercept takes (r·(b − threshold) − centre) / scale,
+    r = ±1 by the response's type. The split is exact: its completeness is 1 up to ties."""
+    scale = np.asarray(scale, dtype=np.float64)
+    r = np.where(np.asarray(response_refuses, dtype=bool), 1.0, -1.0) / scale
     act = policy.design(prompt_X) * policy.fit.coef[None, :] * r[:, None]
-    icpt = (policy.fit.intercept - policy.threshold) * r
+    icpt = (policy.fit.intercept - policy.threshold) * r - np.asarray(centre, dtype=np.float64) / scale
     comp = spearman(act.sum(1) + icpt, score) if len(r) > 2 else float("nan")
     return PolicyParts(act, np.zeros_like(act), icpt, comp)
 

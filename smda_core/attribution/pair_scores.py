@@ -61,8 +61,8 @@ def score_pairs(policy: Policy, pair_ids: np.ndarray, dZ: np.ndarray, p_base: np
     values["keep_score"] = keep.values
     lp = mechanism.logodds_policy(policy, p_base, dZ, dl)
     parts = {name: mechanism.policy_parts(policy, lp, dZ, scores.weights[name], values[name]) for name in logodds.SCORES}
-    contradiction = mechanism.consistency_parts(policy, prompt_X, response_refuses, keep.consistency_scale,
-                                                values["screen_consistency"] / keep.consistency_scale)
+    contradiction = mechanism.consistency_parts(policy, prompt_X, response_refuses, keep.consistency.centre,
+                                                keep.consistency.scale, keep.consistency(values["screen_consistency"]))
     residual = mechanism.residual_shift(dl, response_refuses)
     design = probe_features if effect_features is None else effect_features
     fit = mechanism.fit_effects(residual, design, np.arange(design.shape[1]))
@@ -94,6 +94,8 @@ def _keep_rows(cols: dict[str, list], pair_ids: np.ndarray, keep: logodds.KeepSc
     pairs of each pair's summed parts with `keep_score`."""
     c = np.asarray(keep.contradiction, dtype=bool)
     _policy_rows(cols, pair_ids[c], "keep_score", policy_features, _take(contradiction, c))
+    scale = keep.harm.scale[:, None]
+    harm = mechanism.EffectParts(harm.parts / scale, keep.harm(harm.uniform), harm.completeness)  # standardised
     _effect_rows(cols, pair_ids[~c], "keep_score", effect_features,
                  mechanism.EffectParts(harm.parts[~c], harm.uniform[~c], harm.completeness))
     summed = np.where(c, contradiction.total.sum(1) + contradiction.intercept, harm.parts.sum(1) + harm.uniform)

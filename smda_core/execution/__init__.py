@@ -80,8 +80,7 @@ def measure_batch_shifts(config: SMDAConfig, policy, pairs: pa.Table, *, folder:
             g["key"], g["g_file"] = prepare_gradient_tier(runtime, **_g_inputs(policy, cache), progress=True)
         step, result_type = shift_step(config, policy, method, **g)
         try:
-            parts, shards = _run_local(step, runtime, pairs, chunk=max(4 * config.execution.shard_size,
-                                                                       config.gradient.pair_batch), desc=f"{method} shifts")
+            parts, shards = _run_local(step, runtime, pairs, chunk=_local_chunk(config, method), desc=f"{method} shifts")
         finally:
             release_gradient_tier()  # this process goes on with other steps: G is not kept in memory
         return ShardRun(parts[0] if len(parts) == 1 else result_type.concat(parts), "local", None, shards)
@@ -95,6 +94,15 @@ def measure_batch_shifts(config: SMDAConfig, policy, pairs: pa.Table, *, folder:
     step, result_type = shift_step(config, policy, method, **g)
     return run_shards(config.execution, config, sources, step, pairs, ShardStore(Path(folder)), result_type,
                       on_shard=on_shard)
+
+
+def _local_chunk(config: SMDAConfig, method: str) -> int:
+    """Pairs per local call: an exact pair costs a step and a probe sweep of its own, so a shard's worth (the base
+    readout, once per call, adds 1/shard_size) keeps the bar moving on a slow model; the cheap tiers take
+    four shards or a whole backward batch at once."""
+    if method == "exact":
+        return config.execution.shard_size
+    return max(4 * config.execution.shard_size, config.gradient.pair_batch)
 
 
 def _run_local(step: PairStep, runtime, pairs: pa.Table, *, chunk: int, desc: str) -> tuple[list, list[dict]]:

@@ -105,21 +105,28 @@ def test_harm_shift_takes_the_worse_of_local_and_specific_in_units_of_their_type
     assert set(np.argsort(got.values["harm_shift"])[:2]) == {0, 1}
 
 
-def test_keep_score_is_the_worse_of_harm_and_contradiction_in_units_of_the_type_spread():
+def test_keep_score_is_the_worse_of_harm_and_contradiction_as_robust_z_within_response_types():
     rng = np.random.default_rng(11)
     harm = rng.normal(1.0, 1.0, 30)
     consistency = rng.normal(0.2, 0.3, 30)
     refuses = np.arange(30) % 3 == 0  # 10 refusing pairs, 20 complying
+
+    def robust_z(v):
+        out = []
+        for i in range(len(v)):
+            same = pd.Series(v[refuses == refuses[i]])
+            out.append((v[i] - same.median()) / (1.4826 * (same - same.median()).abs().median()))
+        return np.array(out)
+
     got = logodds.keep_score(harm, consistency, refuses)
-    scaled = consistency / np.array([1.4826 * (pd.Series(consistency[refuses == r]) -
-                                               pd.Series(consistency[refuses == r]).median()).abs().median() for r in refuses])
-    np.testing.assert_allclose(got.values, np.minimum(harm, scaled), rtol=1e-12)
-    assert got.contradiction.tolist() == (scaled < harm).tolist()
+    hz, cz = robust_z(harm), robust_z(consistency)
+    np.testing.assert_allclose(got.values, np.minimum(hz, cz), rtol=1e-12)
+    assert got.contradiction.tolist() == (cz < hz).tolist()
     assert 0 < got.contradiction.sum() < 30  # both kinds of evidence decide some pairs here
 
 
 def test_consistency_parts_split_the_contradiction_exactly_over_the_policy_features():
-    """r·(b + Σ_j Z_j β_j − threshold)/scale with b, β from a sklearn ridge on the policy's own design."""
+    """(r·(b + Σ_j Z_j β_j − threshold) − centre)/scale with b, β from a sklearn ridge on the policy's own design."""
     rng, harmful, category, feats, p, _, _ = _world(seed=4)
     n, k, m = feats.shape[0], 5, 12
     X = rng.random((n, k)) + harmful[:, None] * rng.random(k)
@@ -128,13 +135,13 @@ def test_consistency_parts_split_the_contradiction_exactly_over_the_policy_featu
                             settings=PolicySettings(selection="explicit", features=tuple(range(k)), lam=2.0))
     prompt_X = rng.random((m, k)) * 1.5
     refuses = rng.random(m) < 0.5
-    scale = rng.uniform(0.5, 2.0, m)
+    centre, scale = rng.normal(0, 0.3, m), rng.uniform(0.5, 2.0, m)
     ridge = Ridge(alpha=2.0).fit(pol.Z, p)
     Zp = pol.design(prompt_X)
-    r = np.where(refuses, 1.0, -1.0) / scale
-    want = Zp * ridge.coef_[None, :] * r[:, None]
-    score = r * (ridge.intercept_ + Zp @ ridge.coef_ - pol.threshold)
-    parts = mechanism.consistency_parts(pol, prompt_X, refuses, scale, score)
+    r = np.where(refuses, 1.0, -1.0)
+    want = Zp * ridge.coef_[None, :] * (r / scale)[:, None]
+    score = (r * (ridge.intercept_ + Zp @ ridge.coef_ - pol.threshold) - centre) / scale
+    parts = mechanism.consistency_parts(pol, prompt_X, refuses, centre, scale, score)
     np.testing.assert_allclose(parts.activation, want, rtol=1e-7, atol=1e-12)
     np.testing.assert_allclose(parts.total.sum(1) + parts.intercept, score, rtol=1e-7, atol=1e-12)
     assert parts.completeness == pytest.approx(1.0)
