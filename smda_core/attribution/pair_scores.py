@@ -82,28 +82,31 @@ def score_pairs(policy: Policy, pair_ids: np.ndarray, dZ: np.ndarray, p_base: np
     if effect is not None:
         _effect_rows(rows, pair_ids, recommended, fit.feature_ids, effect)
         completeness[f"{recommended}/effect-fit"] = effect.completeness
-    completeness["keep_score"] = _keep_rows(rows, pair_ids, keep, policy.feature_ids, contradiction, fit.feature_ids,
-                                            harm_effect)
+    completeness["keep_score"] = _keep_rows(rows, pair_ids, keep, policy.feature_ids, contradiction, parts["harm_shift"],
+                                            fit.feature_ids, harm_effect)
     return PairScores(summary, rows, completeness)
 
 
 def _keep_rows(cols: dict[str, list], pair_ids: np.ndarray, keep: logodds.KeepScore, policy_features: np.ndarray,
-               contradiction: mechanism.PolicyParts, effect_features: np.ndarray, harm: mechanism.EffectParts) -> float:
-    """`keep_score`'s rows: a pair that its contradiction of the policy condemns gets that split over the policy's
-    features (exact); any other pair its harm's effect-fit split. Returns the completeness: the Spearman across
-    pairs of each pair's summed parts with `keep_score`."""
+               contradiction: mechanism.PolicyParts, harm_policy: mechanism.PolicyParts, effect_features: np.ndarray,
+               harm: mechanism.EffectParts) -> float:
+    """`keep_score`'s rows, each split standardised like the evidence it explains. A pair that its contradiction of
+    the policy condemns gets that split over the policy's features (exact); any other pair gets its `harm_shift`'s
+    two splits, over the policy's features and over every SAE feature (effect fit), as a log-odds score does.
+    Returns the completeness: the Spearman across pairs of each pair's summed parts (the effect fit where a pair
+    has one) with `keep_score`."""
     c = np.asarray(keep.contradiction, dtype=bool)
-    _policy_rows(cols, pair_ids[c], "keep_score", policy_features, _take(contradiction, c))
-    scale = keep.harm.scale[:, None]
-    harm = mechanism.EffectParts(harm.parts / scale, keep.harm(harm.uniform), harm.completeness)  # standardised
+    scale = keep.harm.scale
+    policy = mechanism.PolicyParts(
+        np.where(c[:, None], contradiction.activation, harm_policy.activation / scale[:, None]),
+        np.where(c[:, None], contradiction.weight, harm_policy.weight / scale[:, None]),
+        np.where(c, contradiction.intercept, keep.harm(harm_policy.intercept)), float("nan"))
+    _policy_rows(cols, pair_ids, "keep_score", policy_features, policy)
+    harm = mechanism.EffectParts(harm.parts / scale[:, None], keep.harm(harm.uniform), harm.completeness)
     _effect_rows(cols, pair_ids[~c], "keep_score", effect_features,
                  mechanism.EffectParts(harm.parts[~c], harm.uniform[~c], harm.completeness))
     summed = np.where(c, contradiction.total.sum(1) + contradiction.intercept, harm.parts.sum(1) + harm.uniform)
     return spearman(summed, keep.values) if len(c) > 2 else float("nan")
-
-
-def _take(p: mechanism.PolicyParts, rows: np.ndarray) -> mechanism.PolicyParts:
-    return mechanism.PolicyParts(p.activation[rows], p.weight[rows], p.intercept[rows], p.completeness)
 
 
 def _mechanism_rows(pair_ids: np.ndarray, policy_features: np.ndarray, parts: dict[str, mechanism.PolicyParts],
