@@ -302,7 +302,9 @@ def test_gradient_tier_on_ray_equals_local_and_g_is_computed_once(local_ray, gra
     assert len(agreement) > 0 and len(again) == len(agreement)
     for col in agreement.columns:
         if agreement[col].dtype.kind == "f":
-            np.testing.assert_allclose(again[col].to_numpy(), agreement[col].to_numpy(), rtol=0, atol=1e-9, err_msg=col)
+            # relative as well: a median relative error whose exact value is near zero (via_x of a feature the pair
+            # barely moves) is of order 1e3, and 1e-9 of it is the engines' float64 rounding, not a difference
+            np.testing.assert_allclose(again[col].to_numpy(), agreement[col].to_numpy(), rtol=1e-9, atol=1e-9, err_msg=col)
 
 
 def _kill_first_started(resource, batch, killed: list) -> None:
