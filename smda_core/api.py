@@ -133,7 +133,7 @@ def attribute(policy: Policy, probes: ProbeScores, shifts: PairShifts | Gradient
         m, n = shifts.dY.shape
         scored = _score(policy, probes, shifts, np.broadcast_to(np.zeros(1), (m, n, policy.k)), a.score)
         return dataclasses.replace(attr, pair_summary={**attr.pair_summary, **scored.summary},
-                                   pair_mechanism=_without_delta_x(scored.mechanism),
+                                   pair_mechanism=scored.first_order(),
                                    completeness={k: v for k, v in scored.completeness.items()
                                                  if k.endswith("/effect-fit") or k == "keep_score"})
     attr = attribute_pairs(policy, shifts.pair_ids, shifts.dX(config.shifts.delta_x), shifts.dY, shifts.dP,
@@ -145,17 +145,6 @@ def attribute(policy: Policy, probes: ProbeScores, shifts: PairShifts | Gradient
     scored = _score(policy, probes, shifts, policy.shift(shifts.dX(config.shifts.delta_x)), a.score)
     return dataclasses.replace(attr, pair_summary={**attr.pair_summary, **scored.summary},
                                pair_mechanism=scored.mechanism, completeness=scored.completeness)
-
-
-def _without_delta_x(rows: dict[str, list]) -> dict[str, list]:
-    """The mechanism rows a first-order tier can stand by. Without per-probe ΔX the policy's activation parts are
-    unknown, so: the effect-fit rows, and keep_score's exact policy split of the pairs that their contradiction
-    of the policy decides (those have no effect fit)."""
-    fitted = {p for p, name, src in zip(rows["pair_id"], rows["score"], rows["source"])
-              if name == "keep_score" and src == "effect-fit"}
-    keep = [i for i, (p, name, src) in enumerate(zip(rows["pair_id"], rows["score"], rows["source"]))
-            if src.startswith("effect-fit") or (name == "keep_score" and p not in fitted)]
-    return {c: [v[i] for i in keep] for c, v in rows.items()}
 
 
 def _score(policy: Policy, probes: ProbeScores, shifts, dZ, recommended: str):

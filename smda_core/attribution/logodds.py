@@ -168,22 +168,8 @@ HARM_PARTS = ("local_shift", "specific_shift")  # the scores harm_shift takes th
 
 
 def type_scale(values: np.ndarray, response_refuses: np.ndarray) -> np.ndarray:
-    """(m,) the robust spread of a score over the pairs of each pair's response type: 1.4826 × the median
-    absolute deviation around the type's median (a type with fewer than MIN_TYPE_PAIRS pairs uses every
-    pair; a zero MAD falls back to the standard deviation, then to 1)."""
-    v = np.asarray(values, dtype=np.float64)
-    r = np.asarray(response_refuses, dtype=bool)
-    out = np.empty_like(v)
-    for kind in (True, False):
-        mask = r == kind
-        if not mask.any():
-            continue
-        ref = v[mask] if mask.sum() >= MIN_TYPE_PAIRS else v
-        scale = 1.4826 * np.median(np.abs(ref - np.median(ref)))
-        if not scale > 0:
-            scale = float(ref.std()) if ref.std() > 0 else 1.0
-        out[mask] = scale
-    return out
+    """(m,) the robust spread of a score over the pairs of each pair's response type (see `standardise`)."""
+    return standardise(values, response_refuses).scale
 
 
 def harm_weights(values: dict[str, np.ndarray], weights: dict[str, np.ndarray], response_refuses: np.ndarray) -> np.ndarray:
@@ -222,15 +208,21 @@ class KeepScore:
 
 
 def standardise(values: np.ndarray, response_refuses: np.ndarray) -> Standardised:
-    """Centre and spread of a score over the pairs of each pair's response type (median and 1.4826 × MAD, as
-    `type_scale`; a type with fewer than MIN_TYPE_PAIRS pairs uses every pair)."""
+    """Centre and spread of a score over the pairs of each pair's response type: the type's median and 1.4826 ×
+    its median absolute deviation (a type with fewer than MIN_TYPE_PAIRS pairs uses every pair; a zero MAD falls
+    back to the standard deviation, then to 1)."""
     v = np.asarray(values, dtype=np.float64)
     r = np.asarray(response_refuses, dtype=bool)
-    centre = np.empty_like(v)
+    centre, scale = np.empty_like(v), np.empty_like(v)
     for kind in (True, False):
         mask = r == kind
-        centre[mask] = np.median(v[mask] if mask.sum() >= MIN_TYPE_PAIRS else v)
-    return Standardised(centre, type_scale(v, r))
+        if not mask.any():
+            continue
+        ref = v[mask] if mask.sum() >= MIN_TYPE_PAIRS else v
+        centre[mask] = np.median(ref)
+        spread = 1.4826 * np.median(np.abs(ref - np.median(ref)))
+        scale[mask] = spread if spread > 0 else (float(ref.std()) if ref.std() > 0 else 1.0)
+    return Standardised(centre, scale)
 
 
 def keep_score(harm: np.ndarray, consistency: np.ndarray, response_refuses: np.ndarray) -> KeepScore:

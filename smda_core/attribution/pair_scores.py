@@ -26,6 +26,13 @@ class PairScores:
     summary: dict[str, Any]  # column → (m,) values, added to pair_summary
     mechanism: dict[str, Any]  # pair_mechanism columns
     completeness: dict[str, float]  # score → Spearman of the summed policy parts with the score
+    needs_delta_x: np.ndarray  # (rows,) a row whose activation part is read off per-probe ΔX (policy splits)
+
+    def first_order(self) -> dict[str, list]:
+        """The mechanism rows a first-order tier can stand by: without per-probe ΔX a policy split's activation
+        parts are unknown, while the effect fit, the harm landing and an exact contradiction split need none."""
+        keep = np.flatnonzero(~self.needs_delta_x)
+        return {c: [v[i] for i in keep] for c, v in self.mechanism.items()}
 
 
 def dense_features(coo: tuple[np.ndarray, np.ndarray, np.ndarray], rows: int, width: int) -> np.ndarray:
@@ -67,8 +74,9 @@ def score_pairs(policy: Policy, pair_ids: np.ndarray, dZ: np.ndarray, p_base: np
     design = probe_features if effect_features is None else effect_features
     fit = mechanism.fit_effects(residual, design, np.arange(design.shape[1]))
     harm_effect = mechanism.effect_parts(fit, residual, dl, scores.weights["harm_shift"], values["harm_shift"])
-    effect = mechanism.effect_parts(fit, residual, dl, scores.weights[recommended], values[recommended]) \
-        if recommended in scores.weights else None
+    effect = (harm_effect if recommended == "harm_shift"
+              else mechanism.effect_parts(fit, residual, dl, scores.weights[recommended], values[recommended])
+              if recommended in scores.weights else None)
     inter = mechanism.interference(residual, harmful, neighbours, response_refuses)
     landing = mechanism.harm_landing(residual, harmful, design)
     # −1 where the pair's harm lands nowhere (no positive landing): no feature is named for it
@@ -84,7 +92,7 @@ def score_pairs(policy: Policy, pair_ids: np.ndarray, dZ: np.ndarray, p_base: np
         completeness[f"{recommended}/effect-fit"] = effect.completeness
     completeness["keep_score"] = _keep_rows(rows, pair_ids, keep, policy.feature_ids, contradiction, parts["harm_shift"],
                                             fit.feature_ids, harm_effect)
-    return PairScores(summary, rows, completeness)
+    return PairScores(summary, rows, completeness, np.asarray(rows.pop("needs_delta_x"), dtype=bool))
 
 
 def _keep_rows(cols: dict[str, list], pair_ids: np.ndarray, keep: logodds.KeepScore, policy_features: np.ndarray,
@@ -101,7 +109,7 @@ def _keep_rows(cols: dict[str, list], pair_ids: np.ndarray, keep: logodds.KeepSc
         np.where(c[:, None], contradiction.activation, harm_policy.activation / scale[:, None]),
         np.where(c[:, None], contradiction.weight, harm_policy.weight / scale[:, None]),
         np.where(c, contradiction.intercept, keep.harm(harm_policy.intercept)), float("nan"))
-    _policy_rows(cols, pair_ids, "keep_score", policy_features, policy)
+    _policy_rows(cols, pair_ids, "keep_score", policy_features, policy, needs_delta_x=~c)
     harm = mechanism.EffectParts(harm.parts / scale[:, None], keep.harm(harm.uniform), harm.completeness)
     _effect_rows(cols, pair_ids[~c], "keep_score", effect_features,
                  mechanism.EffectParts(harm.parts[~c], harm.uniform[~c], harm.completeness))
@@ -114,29 +122,31 @@ def _mechanism_rows(pair_ids: np.ndarray, policy_features: np.ndarray, parts: di
     """pair_mechanism: every policy feature's parts of each score, and the features where each pair's harm lands
     (score 'harm', source 'landing'; weight_part is minus the landing, so the most harmful is the most negative)."""
     cols: dict[str, list] = {c: [] for c in ("pair_id", "score", "feature_id", "activation_part", "weight_part", "share",
-                                             "rank", "source")}
+                                             "rank", "source", "needs_delta_x")}
     for name, p in parts.items():
         _policy_rows(cols, pair_ids, name, policy_features, p)
     norm = np.abs(landing).sum(1, keepdims=True)
     for i, pid in enumerate(pair_ids):
         for r, j in enumerate(np.argsort(-landing[i], kind="stable")[:N_NAMED]):
             _append(cols, pid, "harm", int(j), float("nan"), -landing[i, j],
-                    -landing[i, j] / norm[i, 0] if norm[i, 0] > 0 else 0.0, r + 1, "landing")
+                    -landing[i, j] / norm[i, 0] if norm[i, 0] > 0 else 0.0, r + 1, "landing", False)
     return cols
 
 
 def _policy_rows(cols: dict[str, list], pair_ids: np.ndarray, score: str, policy_features: np.ndarray,
-                 p: mechanism.PolicyParts) -> None:
+                 p: mechanism.PolicyParts, needs_delta_x: np.ndarray | bool = True) -> None:
     """One score's split over the policy's features: a row per pair and feature, ranked by |part|, and the
-    intercept's part (feature −1)."""
+    intercept's part (feature −1). `needs_delta_x` (per pair) marks splits read off per-probe ΔX."""
+    dx = np.broadcast_to(np.asarray(needs_delta_x, dtype=bool), (len(pair_ids),))
     total = p.total
     norm = np.abs(total).sum(1, keepdims=True)
     share = total / np.where(norm > 0, norm, 1.0)
     rank = np.argsort(np.argsort(-np.abs(total), axis=1, kind="stable"), axis=1, kind="stable") + 1
     for i, pid in enumerate(pair_ids):
         for j, f in enumerate(policy_features):
-            _append(cols, pid, score, int(f), p.activation[i, j], p.weight[i, j], share[i, j], int(rank[i, j]), "policy")
-        _append(cols, pid, score, -1, 0.0, p.intercept[i], float("nan"), 0, "policy-intercept")
+            _append(cols, pid, score, int(f), p.activation[i, j], p.weight[i, j], share[i, j], int(rank[i, j]), "policy",
+                    bool(dx[i]))
+        _append(cols, pid, score, -1, 0.0, p.intercept[i], float("nan"), 0, "policy-intercept", bool(dx[i]))
 
 
 def _effect_rows(cols: dict[str, list], pair_ids: np.ndarray, score: str, feature_ids: np.ndarray,
@@ -149,10 +159,11 @@ def _effect_rows(cols: dict[str, list], pair_ids: np.ndarray, score: str, featur
         order = np.argsort(-np.abs(effect.parts[i]), kind="stable")
         for r, j in enumerate(order[:N_EFFECT_ROWS]):
             _append(cols, pid, score, int(feature_ids[j]), float("nan"), effect.parts[i, j], share(effect.parts[i, j]),
-                    r + 1, "effect-fit")
+                    r + 1, "effect-fit", False)
         rest = float(effect.parts[i, order[N_EFFECT_ROWS:]].sum())
-        _append(cols, pid, score, -2, float("nan"), rest, share(rest), 0, "effect-fit-other")
-        _append(cols, pid, score, -1, float("nan"), effect.uniform[i], share(effect.uniform[i]), 0, "effect-fit-uniform")
+        _append(cols, pid, score, -2, float("nan"), rest, share(rest), 0, "effect-fit-other", False)
+        _append(cols, pid, score, -1, float("nan"), effect.uniform[i], share(effect.uniform[i]), 0, "effect-fit-uniform",
+                False)
 
 
 def _append(cols: dict[str, list], *values) -> None:
