@@ -296,13 +296,20 @@ def world(name: Annotated[str, typer.Argument(help="demo (the embedded world) or
 @app.command()
 def curate(rule: Annotated[str | None, typer.Option(help="quantitative[:SCORE] | flagged | lowest:SCORE:Q | oracle | sql:\"SELECT pair_id …\"")] = None,
            config: ConfigOpt = None, warehouse: WarehouseOpt = None,
-           n_random: Annotated[int | None, typer.Option(help="random removals of the same size (default: config, 5)")] = None) -> None:
+           n_random: Annotated[int | None, typer.Option(help="random removals of the same size (default: config, 5)")] = None,
+           seeds: Annotated[int | None, typer.Option(help="retrainings per variant; the comparison takes means "
+                                                           "(default: config, 1)")] = None) -> None:
     """Drop pairs by a rule, retrain from the base on full / curated / oracle / random removals, evaluate, store in v_curation."""
     from smda_assets.experiments import curate as run_curate
+    from smda_core.store.query import query
 
-    result = run_curate(_checked(config, warehouse), rule=rule, n_random=n_random)
-    print_rows(result.table().select(["variant", "n_pairs", "correctness", "precision", "recall", "f1", "refusal_accuracy"]),
-               f"curation {result.experiment_id}: rule {result.rule}")
+    resource = _checked(config, warehouse)
+    result = run_curate(resource, rule=rule, n_random=n_random, seeds=seeds)
+    print_rows(query(resource.warehouse, "SELECT variant, seeds, n_pairs, precision, recall, f1, f1_sd, refusal_accuracy "
+                     "FROM smda.v_curation WHERE experiment_id = ? ORDER BY CASE WHEN variant = 'base' THEN 0 "
+                     "WHEN variant = 'full' THEN 1 WHEN variant = 'curated' THEN 2 WHEN variant LIKE 'oracle%' THEN 3 "
+                     "ELSE 4 END, variant", [result.experiment_id]),
+               f"curation {result.experiment_id}: rule {result.rule} (means over the retraining seeds)")
     cmp = result.comparison
     console.print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in cmp.items()))
 

@@ -15,7 +15,8 @@ import pyarrow as pa
 from smda_assets.resources import SMDAResource
 
 
-def curate(smda: SMDAResource, *, rule: str | None = None, n_random: int | None = None, progress: bool = True):
+def curate(smda: SMDAResource, *, rule: str | None = None, n_random: int | None = None, seeds: int | None = None,
+           progress: bool = True):
     """Drop pairs by a rule, retrain full / curated / oracle / random variants, store them in `smda.curation`."""
     from smda_core.api import load_runtime
     from smda_core.experiments.curation import run_experiment
@@ -28,7 +29,8 @@ def curate(smda: SMDAResource, *, rule: str | None = None, n_random: int | None 
     scores = smda.readout()[0]
     policy = smda.policy(scores)
     result = run_experiment(load_runtime(cfg, progress=False), policy.heldout, scores.harmful, scores.category, summary,
-                            pairs, rule or cfg.curation.rule, cfg.curation,
+                            pairs, rule or cfg.curation.rule,
+                            cfg.curation.replace(seeds=seeds) if seeds else cfg.curation,
                             sql=lambda sql: query(wh, sql).column(0).to_pylist(), n_random=n_random, progress=progress)
     smda.write({"curation": result.table()}, partition=result.experiment_id, key="experiment_id")  # experiments accumulate
     return result

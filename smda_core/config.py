@@ -181,6 +181,8 @@ class CurationSettings(_Strict):
     batch_size: int = Field(8, ge=1)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
+    seeds: int = Field(1, ge=1, description="retrainings per variant (seeds seed … seed+seeds−1); the comparison "
+                                            "takes each variant's mean, so one lucky shuffle decides nothing")
     n_random: int = Field(5, ge=1, description="random removals of the same size (the control)")
 
 

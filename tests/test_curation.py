@@ -17,27 +17,32 @@ def setup(runtime, probe_scores, policy):
     pairs = read_pairs(runtime.sources, runtime.probes, runtime.config)
     rows = list(zip(pairs["pair_id"].to_pylist(), pairs["prompt"].to_pylist(), pairs["response"].to_pylist()))
     kinds = np.asarray(pairs["kind"].to_pylist())
-    oracle = np.asarray(pairs["pair_id"].to_pylist())[np.isin(kinds, curation.BAD_KINDS)].tolist()
+    ids = np.asarray(pairs["pair_id"].to_pylist())
+    by_kind = {k: ids[kinds == k].tolist() for k in curation.BAD_KINDS}
     ev = curation.eval_set(runtime, policy.heldout, probe_scores.harmful, probe_scores.category)
-    return rows, oracle, ev
+    return rows, by_kind, ev
 
 
 def test_curation_variants_and_comparison_equal_an_independent_retraining(runtime, setup):
     """A drop set that is half right: every variant is the retraining it claims to be, and the comparison
     (share of the oracle's gain, drop precision and recall) equals the one counted by hand."""
-    rows, oracle, ev = setup
+    rows, by_kind, ev = setup
+    oracle = [i for drop in by_kind.values() for i in drop]
     good = [r[0] for r in rows if r[0] not in set(oracle)]
     dropped = oracle[: len(oracle) // 2] + good[:3]
     before = {k: v.clone() for k, v in runtime.model.state_dict().items()}
     settings = CurationSettings()
     variants = curation.run_curation(runtime.model, runtime.tokenizer, runtime.sae, ev, rows, dropped, settings=settings,
-                                     oracle=oracle, n_random=2, progress=False)
+                                     oracle=by_kind, n_random=2, progress=False)
     by = {v.variant: v for v in variants}
-    assert {v.variant for v in variants} == {"base", "full", "curated", "oracle", "random_seed_0", "random_seed_1"}
+    assert {v.variant for v in variants} == {"base", "full", "curated", "oracle", "random_seed_0", "random_seed_1",
+                                             *(f"oracle:{k}" for k, drop in by_kind.items() if drop)}
     kept = [(p, r) for i, p, r in rows if i not in set(dropped)]
     independent = curation.evaluate(curation.retrain(runtime.model, runtime.tokenizer, kept, settings), runtime.sae, ev)
     assert by["curated"].metrics == independent and by["curated"].n_pairs == len(kept)
     assert by["oracle"].n_pairs == len(rows) - len(oracle) and len(by["random_seed_0"].dropped) == len(dropped)
+    trigger = by_kind["harmless_trigger"]
+    assert sorted(by["oracle:harmless_trigger"].dropped) == sorted(trigger) and trigger
     # the planted bad pairs do hurt: without them harmful requests are refused more (recall). Overall F1 need not
     # rise: trigger pairs also cure over-refusal of harmless requests with their phrase (DESIGN §7)
     assert by["oracle"].metrics["recall"] > by["full"].metrics["recall"]
@@ -46,9 +51,27 @@ def test_curation_variants_and_comparison_equal_an_independent_retraining(runtim
     assert cmp["share_of_oracle_gain"] == pytest.approx((cur - full) / (orc - full))
     assert cmp["drop_precision"] == pytest.approx((len(oracle) // 2) / len(dropped))
     assert cmp["drop_recall"] == pytest.approx((len(oracle) // 2) / len(oracle))
+    assert cmp["oracle:harmless_trigger"] == by["oracle:harmless_trigger"].metrics["f1"]
     rand = [by[f"random_seed_{i}"].metrics["f1"] for i in range(2)]
     assert cmp["random_mean"] == pytest.approx(np.mean(rand)) and cmp["random_sd"] == pytest.approx(np.std(rand, ddof=1))
     assert all(torch.equal(before[k], v) for k, v in runtime.model.state_dict().items()), "the base model was modified"
+
+
+def test_comparison_takes_each_variant_mean_over_seeds():
+    """With several retraining seeds, every figure of the comparison is the mean of the variant's seeds, and the
+    random control's spread is across removals (of their seed means), counted here by hand."""
+    f1 = {("base", 0): .5, ("full", 0): .70, ("full", 1): .74, ("curated", 0): .80, ("curated", 1): .78,
+          ("oracle", 0): .90, ("oracle", 1): .86, ("oracle:harmful_compliance", 0): .75, ("oracle:harmful_compliance", 1): .77,
+          ("random_seed_0", 0): .71, ("random_seed_0", 1): .69, ("random_seed_1", 0): .60, ("random_seed_1", 1): .66}
+    variants = [curation.Variant(name, 10, {"f1": v}, ["a", "b"] if name == "curated" else [], seed)
+                for (name, seed), v in f1.items()]
+    cmp = curation.comparison(variants, {"a", "c"})
+    assert cmp["seeds"] == 2 and cmp["full"] == pytest.approx(.72) and cmp["curated"] == pytest.approx(.79)
+    assert cmp["oracle"] == pytest.approx(.88) and cmp["oracle:harmful_compliance"] == pytest.approx(.76)
+    assert cmp["share_of_oracle_gain"] == pytest.approx((.79 - .72) / (.88 - .72))
+    assert cmp["random_mean"] == pytest.approx((.70 + .63) / 2)
+    assert cmp["random_sd"] == pytest.approx(np.std([.70, .63], ddof=1))
+    assert cmp["drop_precision"] == cmp["drop_recall"] == pytest.approx(.5)
 
 
 def test_retraining_with_the_same_seed_is_bit_identical(runtime, setup):

@@ -149,3 +149,26 @@ def test_a_non_finite_loss_is_an_error_naming_the_pair(runtime, policy):
     with pytest.raises(SMDAError, match="pair"):
         measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, _setup(runtime, 4), policy.feature_ids,
                             _pairs(runtime, 1), settings, progress=False)
+
+
+def test_a_batch_measured_in_calls_from_one_base_equals_one_call(runtime, policy):
+    """The local engine measures a batch a shard at a time from one base readout: the calls concatenate to the
+    single call bit for bit (so every earlier pair left the base weights as they were), and a base read for
+    other policy features is refused rather than silently used."""
+    from smda_core.model.shifts import measurement_base
+
+    setup, pairs, settings = _setup(runtime, 20), _pairs(runtime, 4), ShiftSettings()
+    whole = measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, setup, policy.feature_ids, pairs, settings,
+                                progress=False)
+    base = measurement_base(runtime.model, runtime.sae, setup, policy.feature_ids, settings)
+    parts = [measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, setup, policy.feature_ids, chunk, settings,
+                                 progress=False, base=base) for chunk in (pairs[:2], pairs[2:])]
+    for name in ("dX_exact", "dX_linearised", "dY", "dP"):  # the probes are read in the same batches: same bits
+        got = np.concatenate([getattr(p, name) for p in parts])
+        assert np.array_equal(got, getattr(whole, name)), name
+    assert all(np.array_equal(p.p_base, whole.p_base) for p in parts)
+    # the pairs' own prompts are read in other batches (2 against 4): equal to float64 rounding
+    np.testing.assert_allclose(np.concatenate([p.prompt_X for p in parts]), whole.prompt_X, rtol=0, atol=1e-12)
+    with pytest.raises(SMDAError, match="other policy features"):
+        measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, setup, policy.feature_ids[:-1], pairs[:1],
+                            settings, progress=False, base=base)

@@ -349,3 +349,27 @@ def test_ibis_connection_reads_a_view(db):
             ib.create_table("scratch", policy.to_pyarrow(), database="smda")
     finally:
         ib.disconnect()
+
+
+def test_v_curation_shows_each_variant_as_the_mean_of_its_seeds(db):
+    """A variant retrained with two seeds is one row of v_curation: the mean of its metrics (counted here by
+    hand), the sample spread of its F1 and the number of seeds; the table keeps both seeds."""
+    from smda_core.experiments.curation import Variant, experiment_rows
+
+    metrics = lambda f1: {"correctness": f1 / 2, "precision": f1, "recall": 1.0, "f1": f1, "refusal_accuracy": f1,  # noqa: E731
+                          "per_category": {}}
+    variants = [Variant("base", 0, metrics(.5), [], 0), Variant("full", 9, metrics(.70), [], 0),
+                Variant("full", 9, metrics(.76), [], 1), Variant("oracle:harmless_trigger", 8, metrics(.60), ["p1"], 0),
+                Variant("oracle:harmless_trigger", 8, metrics(.66), ["p1"], 1)]
+    con = wh.connect(db)
+    wh.apply_views(con)
+    wh.replace_partition(con, "curation", "experiment_id", "e1", experiment_rows("e1", "oracle", variants))
+    assert con.execute("SELECT count(*) FROM smda.curation").fetchone() == (5,)
+    got = {r[0]: r[1:] for r in con.execute(
+        "SELECT variant, f1, correctness, f1_sd, seeds, n_pairs FROM smda.v_curation WHERE experiment_id = 'e1'").fetchall()}
+    assert set(got) == {"base", "full", "oracle:harmless_trigger"}
+    for variant, (a, b) in {"full": (.70, .76), "oracle:harmless_trigger": (.60, .66)}.items():
+        f1, correctness, sd, seeds, _ = got[variant]
+        assert f1 == pytest.approx((a + b) / 2) and correctness == pytest.approx((a + b) / 4)
+        assert sd == pytest.approx(abs(a - b) / 2 ** 0.5) and seeds == 2
+    assert got["base"][2:4] == (0, 1)

@@ -82,7 +82,7 @@ def measure_batch_shifts(config: SMDAConfig, policy, pairs: pa.Table, *, folder:
         try:
             parts, shards = _run_local(step, runtime, pairs, chunk=_local_chunk(config, method), desc=f"{method} shifts")
         finally:
-            release_gradient_tier()  # this process goes on with other steps: G is not kept in memory
+            release_gradient_tier()  # this process goes on with other steps: neither G nor the base readout is kept
         return ShardRun(parts[0] if len(parts) == 1 else result_type.concat(parts), "local", None, shards)
     from smda_core.execution.ray_engine import run_shards, run_with_runtime
     from smda_core.sources import resolve_sources
@@ -98,8 +98,8 @@ def measure_batch_shifts(config: SMDAConfig, policy, pairs: pa.Table, *, folder:
 
 def _local_chunk(config: SMDAConfig, method: str) -> int:
     """Pairs per local call: an exact pair costs a step and a probe sweep of its own, so a shard's worth (the base
-    readout, once per call, adds 1/shard_size) keeps the bar moving on a slow model; the cheap tiers take
-    four shards or a whole backward batch at once."""
+    readout is taken once for all calls) keeps the bar moving on a slow model; the cheap tiers take four shards or
+    a whole backward batch at once."""
     if method == "exact":
         return config.execution.shard_size
     return max(4 * config.execution.shard_size, config.gradient.pair_batch)

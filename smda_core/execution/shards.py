@@ -94,12 +94,21 @@ def plan_shards(pair_ids: Sequence[str], shard_size: int) -> list[Shard]:
             for i, start in enumerate(range(0, len(ids), shard_size))]
 
 
-def exact_shift_step(runtime, pairs: pa.Table, *, feature_ids: np.ndarray, settings) -> ShardResult:
-    """The exact tier (DESIGN §4): one optimiser step per pair, every probe re-measured (a PairShifts)."""
-    from smda_core.model.shifts import measure_pair_shifts
+_BASES: list = []  # in each process: (runtime, the exact tier's measurement base) for the last batch measured
 
-    return measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, runtime.probe_setup(), feature_ids,
-                               pair_rows(pairs), settings, progress=False)
+
+def exact_shift_step(runtime, pairs: pa.Table, *, feature_ids: np.ndarray, settings) -> ShardResult:
+    """The exact tier (DESIGN §4): one optimiser step per pair, every probe re-measured (a PairShifts). The base
+    readout is taken once per process and batch, not once per shard."""
+    from smda_core.model.shifts import measure_pair_shifts, measurement_base
+
+    ids = np.asarray(feature_ids, dtype=np.int64)
+    cached = _BASES[0] if _BASES else None
+    if not (cached and cached[0] is runtime and np.array_equal(cached[1].feature_ids, ids) and cached[1].settings == settings):
+        _BASES.clear()  # the runtime is held, so another runtime can never pass for it
+        _BASES.append((runtime, measurement_base(runtime.model, runtime.sae, runtime.probe_setup(), ids, settings)))
+    return measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, runtime.probe_setup(), ids,
+                               pair_rows(pairs), settings, progress=False, base=_BASES[0][1])
 
 
 _TIERS: dict[str, object] = {}  # in each worker process: the gradient tier prepared for the last G it loaded
@@ -120,8 +129,10 @@ def prepare_gradient_tier(runtime, *, feature_ids: np.ndarray, x_weights: np.nda
 
 
 def release_gradient_tier() -> None:
-    """Drop this process's prepared gradient tier (its G and model copies)."""
+    """Drop what this process prepared for the pair steps: the gradient tier (its G and model copies) and the
+    exact tier's measurement base."""
     _TIERS.clear()
+    _BASES.clear()
 
 
 def gradient_shift_step(runtime, pairs: pa.Table, *, feature_ids: np.ndarray, g_file: str, key: str) -> ShardResult:

@@ -12,7 +12,7 @@ import copy
 import json
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -192,50 +192,66 @@ class Variant:
 
 
 def run_curation(model, tokenizer, sae, ev: EvalSet, pairs: Sequence[tuple[str, str, str]], dropped: Sequence[str], *,
-                 settings: CurationSettings = CurationSettings(), oracle: Sequence[str] | None = None, n_random: int = 5,
-                 progress: bool = True) -> list[Variant]:
-    """Evaluate base, full SFT, curated (minus `dropped`), oracle and `n_random` random removals of the same size."""
+                 settings: CurationSettings = CurationSettings(), oracle: Mapping[str, Sequence[str]] | None = None,
+                 n_random: int = 5, progress: bool = True) -> list[Variant]:
+    """Evaluate base, full SFT, curated (minus `dropped`), the oracle and `n_random` random removals of the same
+    size, each retrained with `settings.seeds` seeds.
+
+    `oracle` maps each bad kind to its pairs: the variant `oracle` drops them all, and `oracle:KIND` drops one kind
+    only, so a reader sees which kind's removal moves the metric (and which moves it the other way)."""
     ids = [p[0] for p in pairs]
     by_id = {p[0]: (p[1], p[2]) for p in pairs}
-
-    def trained(keep: Sequence[str], seed: int) -> dict:
-        tuned = retrain(model, tokenizer, [by_id[i] for i in keep], settings.replace(seed=seed))
-        try:
-            return evaluate(tuned, sae, ev)
-        finally:
-            del tuned
-
-    variants = [Variant("base", 0, evaluate(model, sae, ev), [], settings.seed)]
     plan = [("full", []), ("curated", list(dropped))]
-    if oracle is not None:
-        plan.append(("oracle", list(oracle)))
+    if oracle:
+        plan.append(("oracle", [i for drop in oracle.values() for i in drop]))
+        plan.extend((f"oracle:{kind}", list(drop)) for kind, drop in oracle.items() if len(oracle) > 1 and drop)
     rng = np.random.default_rng(settings.seed)
     for r in range(n_random):
         plan.append((f"random_seed_{r}", rng.choice(ids, size=len(dropped), replace=False).tolist()))
-    done: dict[frozenset, dict] = {}  # the same drop set (e.g. curated == oracle) is trained once
-    for name, drop in tqdm(plan, desc="curation variants", disable=not progress):
-        keep = [i for i in ids if i not in set(drop)]
-        key = frozenset(drop)
-        if key not in done:
-            done[key] = trained(keep, settings.seed)
-        variants.append(Variant(name, len(keep), done[key], list(drop), settings.seed))
+    seeds = range(settings.seed, settings.seed + settings.seeds)
+    variants = [Variant("base", 0, evaluate(model, sae, ev), [], settings.seed)]
+    done: dict[tuple, dict] = {}  # the same drop set (e.g. curated == oracle) is trained once per seed
+    bar = tqdm(total=len(plan) * len(seeds), desc="curation variants", disable=not progress)
+    for seed in seeds:
+        for name, drop in plan:
+            keep = [i for i in ids if i not in set(drop)]
+            key = (frozenset(drop), seed)
+            if key not in done:
+                done[key] = _trained(model, tokenizer, sae, ev, [by_id[i] for i in keep], settings.replace(seed=seed))
+            variants.append(Variant(name, len(keep), done[key], list(drop), seed))
+            bar.update()
+    bar.close()
     return variants
 
 
+def _trained(model, tokenizer, sae, ev: EvalSet, pairs: Sequence[tuple[str, str]], settings: CurationSettings) -> dict:
+    tuned = retrain(model, tokenizer, pairs, settings)
+    try:
+        return evaluate(tuned, sae, ev)
+    finally:
+        del tuned
+
+
 def comparison(variants: Sequence[Variant], bad: set[str] | None, metric: str = "f1") -> dict:
-    """Curated vs full, oracle and random (mean ± sd); share of the oracle's gain; precision/recall of the dropped set."""
-    by = {v.variant: v for v in variants}
-    rand = np.array([v.metrics[metric] for v in variants if v.variant.startswith("random_seed_")])
-    full, cur = by["full"].metrics[metric], by["curated"].metrics[metric]
-    out = {"base": by["base"].metrics[metric], "full": full, "curated": cur,
+    """Curated vs full, oracle and random (mean ± sd); share of the oracle's gain; precision/recall of the dropped
+    set. Each variant's metric is its mean over the retraining seeds."""
+    by: dict[str, list[Variant]] = {}
+    for v in variants:
+        by.setdefault(v.variant, []).append(v)
+    mean = {name: float(np.mean([v.metrics[metric] for v in vs])) for name, vs in by.items()}
+    rand = np.array([value for name, value in mean.items() if name.startswith("random_seed_")])
+    full, cur = mean["full"], mean["curated"]
+    out = {"base": mean["base"], "full": full, "curated": cur,
            "random_mean": float(rand.mean()) if rand.size else float("nan"),
-           "random_sd": float(rand.std(ddof=1)) if rand.size > 1 else float("nan")}
-    if "oracle" in by:
-        gain = by["oracle"].metrics[metric] - full
-        out["oracle"] = by["oracle"].metrics[metric]
+           "random_sd": float(rand.std(ddof=1)) if rand.size > 1 else float("nan"),
+           "seeds": len(by["full"])}
+    if "oracle" in mean:
+        gain = mean["oracle"] - full
+        out["oracle"] = mean["oracle"]
         out["share_of_oracle_gain"] = (cur - full) / gain if gain != 0 else float("nan")
+        out.update({name: value for name, value in mean.items() if name.startswith("oracle:")})
     if bad is not None:
-        d = set(by["curated"].dropped)
+        d = set(by["curated"][0].dropped)
         hit = len(d & bad)
         out["drop_precision"] = hit / len(d) if d else float("nan")
         out["drop_recall"] = hit / len(bad) if bad else float("nan")
@@ -313,11 +329,13 @@ def run_experiment(runtime, heldout: np.ndarray, harmful: np.ndarray, category: 
 
     table = pair_table(summary, pairs)
     dropped = select_drops(rule, table, sql=sql)
-    oracle = table.pair_ids[np.isin(table.kind, BAD_KINDS)].tolist() if table.kind is not None else None
+    oracle = ({kind: table.pair_ids[table.kind == kind].tolist() for kind in BAD_KINDS} if table.kind is not None
+              else None)
     ev = eval_set(runtime, heldout, harmful, category)
     by_id = dict(zip(pairs["pair_id"].to_pylist(), zip(pairs["prompt"].to_pylist(), pairs["response"].to_pylist())))
     rows = [(p, *by_id[p]) for p in table.pair_ids.tolist()]
     variants = run_curation(runtime.model, runtime.tokenizer, runtime.sae, ev, rows, dropped, settings=settings,
                             oracle=oracle, n_random=n_random or settings.n_random, progress=progress)
     experiment_id = hashlib.sha256(f"{rule}|{settings}|{time.time()}".encode()).hexdigest()[:10]
-    return CurationResult(experiment_id, rule, variants, comparison(variants, set(oracle) if oracle is not None else None))
+    bad = {i for drop in oracle.values() for i in drop} if oracle is not None else None
+    return CurationResult(experiment_id, rule, variants, comparison(variants, bad))

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,15 +129,47 @@ class restored_weights:
         return False
 
 
-def measure_pair_shifts(model, tokenizer, sae, setup: ProbeSetup, feature_ids: np.ndarray,
-                        pairs: Sequence[tuple[str, str, str]], settings: ShiftSettings = ShiftSettings(), *,
-                        progress: bool = True) -> PairShifts:
-    """Measure ΔX (exact and linearised), ΔY and ΔP of every pair (pair_id, prompt, response)."""
+@dataclass(frozen=True)
+class MeasurementBase:
+    """What every pair's shift is measured from: the model and SAE in the measurement dtype and their readout of
+    the probes. One per batch of pairs, however many calls the pairs are measured in."""
+
+    model: Any
+    sae: Any
+    feature_ids: np.ndarray
+    settings: ShiftSettings
+    readout: Readout
+    y0: np.ndarray
+    p0: np.ndarray
+
+
+def measurement_base(model, sae, setup: ProbeSetup, feature_ids: np.ndarray,
+                     settings: ShiftSettings = ShiftSettings()) -> MeasurementBase:
+    """The measurement copies (eval mode: no dropout, so the update is deterministic) and the base readout."""
     feature_ids = np.asarray(feature_ids, dtype=np.int64)
     m_model, m_sae = _measurement_copies(model, sae, settings.dtype)
     was_training = m_model.training
+    m_model.eval()
+    try:
+        readout, y0, p0 = _read(m_model, m_sae, setup, feature_ids, settings.batch_size)
+    finally:
+        m_model.train(was_training)
+    return MeasurementBase(m_model, m_sae, feature_ids, settings, readout, y0, p0)
+
+
+def measure_pair_shifts(model, tokenizer, sae, setup: ProbeSetup, feature_ids: np.ndarray,
+                        pairs: Sequence[tuple[str, str, str]], settings: ShiftSettings = ShiftSettings(), *,
+                        progress: bool = True, base: MeasurementBase | None = None) -> PairShifts:
+    """Measure ΔX (exact and linearised), ΔY and ΔP of every pair (pair_id, prompt, response), from `base` when
+    the caller measures one batch in several calls (else read here)."""
+    feature_ids = np.asarray(feature_ids, dtype=np.int64)
+    if base is None:
+        base = measurement_base(model, sae, setup, feature_ids, settings)
+    elif not (np.array_equal(base.feature_ids, feature_ids) and base.settings == settings):
+        raise SMDAError("the measurement base was read for other policy features or shift settings")
+    m_model, m_sae, before, y0, p0 = base.model, base.sae, base.readout, base.y0, base.p0
+    was_training = m_model.training
     m_model.eval()  # no dropout: the update is deterministic
-    base, y0, p0 = _read(m_model, m_sae, setup, feature_ids, settings.batch_size)
     context = context_length(model.config)
     encoded = [encode_pair(tokenizer, prompt, response, name=f"pair {pid}", max_tokens=context) for pid, prompt, response in pairs]
     prompt_readout = read_probes(m_model, m_sae, setup.hook_layer, [_prompt_only(tokenizer, p, pid) for pid, p, _ in pairs],
@@ -161,12 +194,12 @@ def measure_pair_shifts(model, tokenizer, sae, setup: ProbeSetup, feature_ids: n
                 raise SMDAError(f"pair {pair_id}: {exc}") from None
             with torch.no_grad():
                 new, y1, p1 = _read(m_model, m_sae, setup, feature_ids, settings.batch_size)
-        dX_exact[i] = new.dense - base.dense
+        dX_exact[i] = new.dense - before.dense
         with torch.no_grad():
-            dX_lin[i] = linearised_dx(m_sae, feature_ids, base.hidden_tokens, new.hidden_tokens, setup.position)
+            dX_lin[i] = linearised_dx(m_sae, feature_ids, before.hidden_tokens, new.hidden_tokens, setup.position)
         dY[i] = y1 - y0
         dP[i] = p1 - p0
-        flips[i] = int(((new.dense > 0) != (base.dense > 0)).sum())
+        flips[i] = int(((new.dense > 0) != (before.dense > 0)).sum())
         seconds[i] = time.perf_counter() - t0
         log.info("pair %s shifted in %.2fs", pair_id, seconds[i])
     if was_training:
@@ -176,7 +209,7 @@ def measure_pair_shifts(model, tokenizer, sae, setup: ProbeSetup, feature_ids: n
     for i, f, v in zip(prompt_readout.coo_probe, prompt_readout.coo_feature, prompt_readout.coo_value):
         if int(f) in col:
             prompt_X[i, col[int(f)]] = v
-    return PairShifts([p[0] for p in pairs], feature_ids, base.dense, y0, p0, dX_exact, dX_lin, dY, dP, flips,
+    return PairShifts([p[0] for p in pairs], feature_ids, before.dense, y0, p0, dX_exact, dX_lin, dY, dP, flips,
                       prompt_X, seconds, settings, response_refuses=refuses,
                       prompt_coo=(prompt_readout.coo_probe, prompt_readout.coo_feature, prompt_readout.coo_value))
 

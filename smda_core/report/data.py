@@ -201,6 +201,6 @@ def read_report_data(warehouse: str | Path) -> ReportData:
             interference_features=spill,
             agreement=_frame(con, "SELECT * FROM smda.v_method_agreement"),
             validation=_frame(con, "SELECT \"check\", method, score, n, spearman, detail, created_at FROM smda.v_validation"),
-            curation=_frame(con, "SELECT experiment_id, rule, variant, n_pairs, correctness, precision, recall, f1, "
+            curation=_frame(con, "SELECT experiment_id, rule, variant, seeds, n_pairs, correctness, precision, recall, f1, f1_sd, "
                                  "refusal_accuracy, created_at FROM smda.v_curation ORDER BY created_at, experiment_id, variant"),
             warehouse=str(warehouse))

@@ -239,8 +239,8 @@ def _tiers_section(page: _Page, data: ReportData) -> None:
         parts.append('<p class="empty">none stored: smda curate</p>')
         return
     parts.append(page.figure(figures.curation_bars(data.curation)))
-    parts.append(table(data.curation, ["experiment_id", "rule", "variant", "n_pairs", "correctness", "precision",
-                                       "recall", "f1", "refusal_accuracy"]))
+    parts.append(table(data.curation, ["experiment_id", "rule", "variant", "seeds", "n_pairs", "correctness", "precision",
+                                       "recall", "f1", "f1_sd", "refusal_accuracy"]))
 
 
 SECTIONS: tuple[Callable[[_Page, ReportData], None], ...] = (
