@@ -228,10 +228,14 @@ def standardise(values: np.ndarray, response_refuses: np.ndarray) -> Standardise
 def keep_score(harm: np.ndarray, consistency: np.ndarray, response_refuses: np.ndarray) -> KeepScore:
     """The worse of `harm_shift` and `screen_consistency`, each standardised within response types. Only a
     centre and a scale are taken from the batch, so each pair's value is one of its two scores moved and
-    divided by numbers, and its mechanism is that score's parts, moved and divided alike."""
+    divided by numbers, and its mechanism is that score's parts, moved and divided alike.
+
+    The contradiction evidence counts only where the response contradicts the policy (`screen_consistency`
+    < 0). A pair the policy agrees with is judged by its effect alone: how sure the policy is of it says
+    nothing against it, and that certainty changes with the SAE the policy reads."""
     h, c = standardise(harm, response_refuses), standardise(consistency, response_refuses)
     hz, cz = h(harm), c(consistency)
-    contradiction = cz < hz
+    contradiction = (np.asarray(consistency, dtype=np.float64) < 0) & (cz < hz)
     return KeepScore(np.where(contradiction, cz, hz), contradiction, h, c)
 
 

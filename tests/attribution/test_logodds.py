@@ -106,6 +106,8 @@ def test_harm_shift_takes_the_worse_of_local_and_specific_in_units_of_their_type
 
 
 def test_keep_score_is_the_worse_of_harm_and_contradiction_as_robust_z_within_response_types():
+    """Robust z (median, 1.4826·MAD) of each evidence within the pair's response type, counted with pandas; the
+    contradiction's z counts only for pairs whose response contradicts the policy (consistency < 0)."""
     rng = np.random.default_rng(11)
     harm = rng.normal(1.0, 1.0, 30)
     consistency = rng.normal(0.2, 0.3, 30)
@@ -120,9 +122,12 @@ def test_keep_score_is_the_worse_of_harm_and_contradiction_as_robust_z_within_re
 
     got = logodds.keep_score(harm, consistency, refuses)
     hz, cz = robust_z(harm), robust_z(consistency)
-    np.testing.assert_allclose(got.values, np.minimum(hz, cz), rtol=1e-12)
-    assert got.contradiction.tolist() == (cz < hz).tolist()
+    contradicts = consistency < 0
+    np.testing.assert_allclose(got.values, np.where(contradicts, np.minimum(hz, cz), hz), rtol=1e-12)
+    assert got.contradiction.tolist() == (contradicts & (cz < hz)).tolist()
     assert 0 < got.contradiction.sum() < 30  # both kinds of evidence decide some pairs here
+    agreeing_lower = ~contradicts & (cz < hz)  # the policy agrees with them, less surely than with most pairs
+    assert agreeing_lower.any() and not got.contradiction[agreeing_lower].any()
 
 
 def test_consistency_parts_split_the_contradiction_exactly_over_the_policy_features():
