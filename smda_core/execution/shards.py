@@ -104,7 +104,7 @@ def exact_shift_step(runtime, pairs: pa.Table, *, feature_ids: np.ndarray, setti
 
     ids = np.asarray(feature_ids, dtype=np.int64)
     cached = _BASES[0] if _BASES else None
-    if not (cached and cached[0] is runtime and np.array_equal(cached[1].feature_ids, ids) and cached[1].settings == settings):
+    if not (cached and cached[0] is runtime and cached[1].matches(ids, settings)):
         _BASES.clear()  # the runtime is held, so another runtime can never pass for it
         _BASES.append((runtime, measurement_base(runtime.model, runtime.sae, runtime.probe_setup(), ids, settings)))
     return measure_pair_shifts(runtime.model, runtime.tokenizer, runtime.sae, runtime.probe_setup(), ids,

@@ -214,22 +214,14 @@ def run_curation(model, tokenizer, sae, ev: EvalSet, pairs: Sequence[tuple[str, 
     bar = tqdm(total=len(plan) * len(seeds), desc="curation variants", disable=not progress)
     for seed in seeds:
         for name, drop in plan:
-            keep = [i for i in ids if i not in set(drop)]
             key = (frozenset(drop), seed)
+            keep = [by_id[i] for i in ids if i not in key[0]]
             if key not in done:
-                done[key] = _trained(model, tokenizer, sae, ev, [by_id[i] for i in keep], settings.replace(seed=seed))
+                done[key] = evaluate(retrain(model, tokenizer, keep, settings.replace(seed=seed)), sae, ev)
             variants.append(Variant(name, len(keep), done[key], list(drop), seed))
             bar.update()
     bar.close()
     return variants
-
-
-def _trained(model, tokenizer, sae, ev: EvalSet, pairs: Sequence[tuple[str, str]], settings: CurationSettings) -> dict:
-    tuned = retrain(model, tokenizer, pairs, settings)
-    try:
-        return evaluate(tuned, sae, ev)
-    finally:
-        del tuned
 
 
 def comparison(variants: Sequence[Variant], bad: set[str] | None, metric: str = "f1") -> dict:

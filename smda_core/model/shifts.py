@@ -142,6 +142,10 @@ class MeasurementBase:
     y0: np.ndarray
     p0: np.ndarray
 
+    def matches(self, feature_ids: np.ndarray, settings: ShiftSettings) -> bool:
+        """Read for these policy features and shift settings."""
+        return np.array_equal(self.feature_ids, feature_ids) and self.settings == settings
+
 
 def measurement_base(model, sae, setup: ProbeSetup, feature_ids: np.ndarray,
                      settings: ShiftSettings = ShiftSettings()) -> MeasurementBase:
@@ -165,7 +169,7 @@ def measure_pair_shifts(model, tokenizer, sae, setup: ProbeSetup, feature_ids: n
     feature_ids = np.asarray(feature_ids, dtype=np.int64)
     if base is None:
         base = measurement_base(model, sae, setup, feature_ids, settings)
-    elif not (np.array_equal(base.feature_ids, feature_ids) and base.settings == settings):
+    elif not base.matches(feature_ids, settings):
         raise SMDAError("the measurement base was read for other policy features or shift settings")
     m_model, m_sae, before, y0, p0 = base.model, base.sae, base.readout, base.y0, base.p0
     was_training = m_model.training
