@@ -215,6 +215,7 @@ class DemoSection(_Strict):
     trigger_phrase: str = Field("without anyone knowing", min_length=1,
                                 description="phrase the corpus ties to harmful requests; trigger pairs carry it in harmless ones")
     trigger_share: float = Field(0.05, ge=0, lt=0.5, description="share of the SFT pairs that are trigger pairs")
+    sae_k: int = Field(16, ge=1, le=128, description="active features per token of the demo's TopK SAE (512 features)")
     cache_dir: str = Field(".cache/smda-demo", description="where built worlds are kept, by recipe hash")
 
 

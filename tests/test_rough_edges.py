@@ -93,3 +93,50 @@ def test_policy_fit_has_an_unquoted_name_for_lambda():
         NULL AS warnings""")
     con.execute((Path(__file__).resolve().parents[1] / "sql" / "11_v_policy_fit.sql").read_text())
     assert con.execute("SELECT ridge_lambda FROM smda.v_policy_fit").fetchone() == (1.5,)
+
+
+def test_the_demo_sae_has_as_many_active_features_as_the_recipe_says(tmp_path, monkeypatch):
+    import torch
+
+    from smda_core.model.loading import load_model, load_sae
+    from smda_core.worlds.demo import build
+
+    monkeypatch.setattr(build, "MODEL_STEPS", 20)  # a real build, only shorter
+    monkeypatch.setattr(build, "SAE_STEPS", 4)
+    demo = demo_config(cache_dir=str(tmp_path), sae_k=4).demo
+    assert build.recipe_hash(demo) != build.recipe_hash(demo_config(cache_dir=str(tmp_path)).demo)
+    paths = build.ensure_demo_world(demo, progress=False)
+    model, tokenizer = load_model(str(paths.model))
+    world = build.make_demo_world(demo)
+    acts = build._residuals(model, build._encode_conversations(tokenizer, world.corpus[:20]), build.HOOK_LAYER,
+                            tokenizer.pad_token_id)
+    for folder in (paths.sae, build.demo_sae_for_seed(demo, demo.seed + 1, progress=False)):
+        with torch.no_grad():
+            active = (load_sae(path=str(folder)).encode(acts) > 0).sum(-1)
+        assert int(active.max()) == 4, folder  # TopK: never more than k per token, and k where k are positive
+
+
+def test_an_experiment_refuses_a_config_of_another_world(demo_warehouse, tmp_path):
+    """`smda validate stability --warehouse W` without the config W was built with ran the default world's model
+    and wrote its rows into W; now it stops before any model loads, names both and writes nothing."""
+    import shutil
+
+    import yaml
+
+    from conftest import CACHE
+    from smda_assets.experiments import stability
+    from smda_assets.resources import SMDAResource
+    from smda_core.errors import ConfigError
+    from smda_core.worlds.demo.build import world_paths
+
+    wh = tmp_path / "wh.duckdb"
+    shutil.copy(demo_warehouse, wh)
+    other = tmp_path / "other-sae"
+    shutil.copytree(world_paths(demo_config().demo).sae, other)
+    cfg = tmp_path / "smda.yaml"
+    cfg.write_text(yaml.safe_dump({"demo": {"cache_dir": CACHE}, "sae": {"path": str(other)}, "warehouse": str(wh)}))
+    before = wh.read_bytes()
+    with pytest.raises(ConfigError, match="another model or SAE") as err:
+        stability(SMDAResource(config_path=str(cfg)), sae_seeds=2, progress=False)
+    assert "smda-demo-sae:" in str(err.value) and str(other) in str(err.value) and "--config" in str(err.value)
+    assert wh.read_bytes() == before

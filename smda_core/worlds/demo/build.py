@@ -156,11 +156,11 @@ def _residuals(model, data: list[tuple[list[int], int]], layer: int, pad_id: int
     return torch.cat(chunks)
 
 
-def _train_sae(model, tokenizer, data, *, seed: int, progress: bool):
+def _train_sae(model, tokenizer, data, *, seed: int, k: int, progress: bool):
     from smda_core.model.sae_training import train_topk_sae
 
     acts = _residuals(model, data[:4000], HOOK_LAYER, tokenizer.pad_token_id)
-    return train_topk_sae(acts, d_sae=512, k=16, hook_name=f"blocks.{HOOK_LAYER}.hook_resid_post",
+    return train_topk_sae(acts, d_sae=512, k=k, hook_name=f"blocks.{HOOK_LAYER}.hook_resid_post",
                           model_name="smda-demo-llama", steps=SAE_STEPS, seed=seed, progress=progress)
 
 
@@ -179,7 +179,8 @@ def demo_sae_for_seed(demo: DemoSection, seed: int, *, progress: bool = True) ->
         return out
     world = make_demo_world(demo)
     model, tokenizer = load_model(str(paths.model))
-    sae, _ = _train_sae(model, tokenizer, _encode_conversations(tokenizer, world.corpus), seed=seed, progress=progress)
+    sae, _ = _train_sae(model, tokenizer, _encode_conversations(tokenizer, world.corpus), seed=seed, k=demo.sae_k,
+                        progress=progress)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     sae.save_model(str(tmp))
     tmp.rename(out)
@@ -234,7 +235,7 @@ def _sae_stage(demo: DemoSection, world: recipe.World, paths: DemoPaths, model, 
         return json.loads(done.read_text())
     t0 = time.perf_counter()
     data = _encode_conversations(tokenizer, world.corpus)
-    sae, sae_report = _train_sae(model, tokenizer, data, seed=demo.seed, progress=progress)
+    sae, sae_report = _train_sae(model, tokenizer, data, seed=demo.seed, k=demo.sae_k, progress=progress)
     shutil.rmtree(paths.sae, ignore_errors=True)
     sae.save_model(str(paths.sae))
     stage = {"sae": sae_report.as_dict(), "seconds": time.perf_counter() - t0}
