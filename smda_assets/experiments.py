@@ -18,7 +18,6 @@ from smda_assets.resources import SMDAResource
 def curate(smda: SMDAResource, *, rule: str | None = None, n_random: int | None = None, seeds: int | None = None,
            progress: bool = True):
     """Drop pairs by a rule, retrain full / curated / oracle / random variants, store them in `smda.curation`."""
-    from smda_core.api import load_runtime
     from smda_core.experiments.curation import run_experiment
     from smda_core.store.query import query
 
@@ -28,7 +27,7 @@ def curate(smda: SMDAResource, *, rule: str | None = None, n_random: int | None 
     pairs = query(wh, "SELECT * FROM smda.v_sft_pairs ORDER BY pair_id")
     scores = smda.readout()[0]
     policy = smda.policy(scores)
-    result = run_experiment(load_runtime(cfg, progress=False), policy.heldout, scores.harmful, scores.category, summary,
+    result = run_experiment(smda.runtime(), policy.heldout, scores.harmful, scores.category, summary,
                             pairs, rule or cfg.curation.rule,
                             cfg.curation.replace(seeds=seeds) if seeds else cfg.curation,
                             sql=lambda sql: query(wh, sql).column(0).to_pylist(), n_random=n_random, progress=progress)
@@ -60,7 +59,6 @@ def lds(smda: SMDAResource, *, subsets: int = 8, fraction: float = 0.5, peer: bo
 
 def _lds_regime(smda: SMDAResource, regime: str, *, subsets: int, fraction: float, peer: bool, progress: bool,
                 cache: dict) -> pa.Table:
-    from smda_core.api import load_runtime
     from smda_core.experiments.lds import run_lds
     from smda_core.store.query import query
 
@@ -68,7 +66,7 @@ def _lds_regime(smda: SMDAResource, regime: str, *, subsets: int, fraction: floa
     wh = smda.warehouse
     scores = smda.readout()[0]
     policy = smda.policy(scores)
-    runtime = load_runtime(cfg, progress=False)
+    runtime = smda.runtime()
     rows = query(wh, "SELECT pair_id, prompt, response FROM smda.v_sft_pairs ORDER BY pair_id").to_pylist()
     pairs = {r["pair_id"]: (r["prompt"], r["response"]) for r in rows}
     col = {f: j for j, f in enumerate(policy.feature_ids.tolist())}
@@ -122,7 +120,7 @@ def _peer(runtime, harmful: np.ndarray, pairs: dict, lr: float) -> dict | None:
 def stability(smda: SMDAResource, *, sae_seeds: int = 3, n_pairs: int | None = None, first_seed: int | None = None,
               progress: bool = True):
     """SAEs that differ only in seed: agreement of policy and pair scores across them; stored in `smda.validation`."""
-    from smda_core.api import load_runtime, read_pairs
+    from smda_core.api import read_pairs
     from smda_core.errors import SMDAError
     from smda_core.experiments.curation import BAD_KINDS
     from smda_core.experiments.lds import validation_table
@@ -134,7 +132,7 @@ def stability(smda: SMDAResource, *, sae_seeds: int = 3, n_pairs: int | None = N
         raise SMDAError("stability retrains the SAE: available for the demo world (and models whose SAE the product trains)")
     if sae_seeds < 2:
         raise SMDAError("stability needs --sae-seeds ≥ 2")
-    runtime = load_runtime(cfg, progress=False)
+    runtime = smda.runtime()
     pairs = read_pairs(runtime.sources, runtime.probes, cfg)
     if n_pairs is not None:
         pairs = pairs.slice(0, n_pairs)
@@ -147,7 +145,7 @@ def stability(smda: SMDAResource, *, sae_seeds: int = 3, n_pairs: int | None = N
     run_id = _run_id("stability", sae_seeds)
     table = validation_table("stability", run_id, [{"method": r["method"], "score": r["score"], "n": sae_seeds,
                                                     "spearman": r["value"],
-                                                    "detail": {**r["detail"], "seeds": [x.seed for x in runs],
-                                                               "pairs": pairs.num_rows}} for r in rows])
+                                                    "detail": {"pairs": pairs.num_rows, **r["detail"],
+                                                               "seeds": [x.seed for x in runs]}} for r in rows])
     smda.write({"validation": table}, partition=run_id, key="run_id")
     return table, runs

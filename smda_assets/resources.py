@@ -109,6 +109,25 @@ class SMDAResource(dg.ConfigurableResource):
         with session(self.warehouse, read_only=True) as con:
             return read_probe_readout(con)
 
+    def runtime(self):
+        """The config's model runtime for an experiment on this warehouse's pairs, refused (ConfigError, before the
+        model loads) when the warehouse's probes were read with another model or SAE than the config names."""
+        from smda_core.preflight import check_same_world
+        from smda_core.runtime import load_runtime
+        from smda_core.sources import resolve_sources
+        from smda_core.store.warehouse import session
+
+        cfg = self.config()
+        sources = resolve_sources(cfg, progress=False)
+        stored = []
+        if self.warehouse.exists():
+            with session(self.warehouse, read_only=True) as con:
+                if con.sql("SELECT 1 FROM information_schema.tables WHERE table_schema = 'smda' "
+                           "AND table_name = 'readout_info'").fetchall():
+                    stored = con.sql("SELECT * FROM smda.readout_info").to_arrow_table().to_pylist()
+        check_same_world(stored[0] if stored else None, sources.model_name, sources.sae_name, warehouse=self.warehouse)
+        return load_runtime(cfg, sources=sources, progress=False)
+
     def policy(self, scores=None):
         """The policy of the stored readout, refitted (milliseconds, deterministic), checked against the stored one.
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from smda_core.config import SMDAConfig
 from smda_core.errors import ConfigError, SMDAError
@@ -39,6 +41,19 @@ def check_config(config: SMDAConfig, *, source: str = "config") -> None:
         problems.append(f"relative paths are read from the working directory {os.getcwd()}")
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(p.replace(RELATIVE, "") for p in problems))
+
+
+def check_same_world(stored: Mapping[str, Any] | None, model: str, sae: str, *, warehouse: str | Path) -> None:
+    """Refuse a config whose model or SAE is not the one the warehouse's probes were read with (`stored`: its
+    readout_info row; None: nothing read yet). An experiment reads the warehouse's pairs and scores and runs the
+    config's model: with another world's config its rows would describe a model the warehouse's views do not."""
+    if not stored:
+        return
+    differ = [f"{key} {stored[key]!r} there, {mine!r} in this config" for key, mine in (("model", model), ("sae", sae))
+              if stored.get(key) and stored[key] != mine]
+    if differ:
+        raise ConfigError(f"{warehouse} was read with another model or SAE ({'; '.join(differ)}): pass the config it "
+                          "was built with (--config), or materialise this config into its own warehouse")
 
 
 RELATIVE = "\0relative"  # marks a missing relative path: the working directory is named once, at the end
