@@ -6,6 +6,7 @@ not installed (`pip install -e '.[ray]'`; the Makefile's venv installs it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -169,6 +170,26 @@ def local_ray():
     ray.shutdown()
 
 
+@contextlib.contextmanager
+def _task_threads():
+    """torch at the threads Ray gives a shard task (`execution.cpus_per_task`, its OMP_NUM_THREADS), for the local run.
+
+    A float64 step done with 2 threads and with 1 differs at about 1e-12 (the library's reductions split otherwise),
+    and the mechanism fits carry that to about 1e-9: the engines are compared at the same threads per pair step,
+    so that the one difference left is the engine.
+    """
+    import torch
+
+    from smda_core.config import ExecutionSettings
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(ExecutionSettings().cpus_per_task)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory, runtime):
     """The demo's first N_PAIRS pairs in one SFT file, materialised with `engine: local`, and its pair views then."""
@@ -182,7 +203,8 @@ def warehouse(tmp_path_factory, runtime):
     inputs.write_jsonl(sft, demo)
     cfg = root / "smda.yaml"
     _write_config(cfg, sft, root / "warehouse.duckdb", "local")
-    materialize_all(str(cfg))
+    with _task_threads():
+        materialize_all(str(cfg))
     return cfg, sft, root / "warehouse.duckdb", _views(root / "warehouse.duckdb")
 
 
@@ -275,7 +297,8 @@ def gradient_warehouse(tmp_path_factory, runtime):
              "gradient": {"dtype": "float64", "pair_batch": 4, "projection": 16}, "validate": {"sample": 2}}
     cfg = root / "smda.yaml"
     _write_config(cfg, sft, root / "warehouse.duckdb", "local", extra)
-    materialize_all(str(cfg))
+    with _task_threads():
+        materialize_all(str(cfg))
     return cfg, sft, root / "warehouse.duckdb", _views(root / "warehouse.duckdb"), extra
 
 
