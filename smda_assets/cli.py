@@ -270,6 +270,8 @@ def fit(config: ConfigOpt = None,
 @app.command()
 def world(name: Annotated[str, typer.Argument(help="demo (the embedded world) or smollm2 (a real pretrained model)")] = "demo",
           small: Annotated[bool, typer.Option(help="the small CI variant of a real-model world")] = False,
+          pairs: Annotated[int | None, typer.Option(help="SFT pairs of a real-model world (default: its recipe's; "
+                                                         "trigger pairs keep their share)")] = None,
           config: ConfigOpt = None, warehouse: WarehouseOpt = None) -> None:
     """Build (if needed) a world and print its build report: time, SAE L0 and explained variance."""
     import json
@@ -277,8 +279,10 @@ def world(name: Annotated[str, typer.Argument(help="demo (the embedded world) or
     if name != "demo":
         from smda_assets.cli_real import world_real
 
-        world_real(name, small=small, config=config, warehouse=warehouse)
+        world_real(name, small=small, config=config, warehouse=warehouse, pairs=pairs)
         return
+    if pairs is not None:
+        raise SMDAError("--pairs is for real-model worlds: the demo's pair count is its recipe's (demo.n_pairs in the config)")
 
     from smda_core.config import load_config
     from smda_core.worlds.demo.build import ensure_demo_world

@@ -22,7 +22,7 @@ def _materialize(config_path: str, warehouse_path: str) -> None:
     materialize_all(config_path, warehouse_path, instance=dg.DagsterInstance.ephemeral())
 
 
-def world_real(name: str, *, small: bool, config: str | None, warehouse: str | None) -> None:
+def world_real(name: str, *, small: bool, config: str | None, warehouse: str | None, pairs: int | None = None) -> None:
     """Build (cached step by step) a real-model world and materialise its warehouse."""
     import yaml
 
@@ -30,7 +30,8 @@ def world_real(name: str, *, small: bool, config: str | None, warehouse: str | N
     from smda_core.worlds.real.figures import world_figures
 
     overrides = yaml.safe_load(Path(config).read_text()) if config else None
-    report = build_real_world(name, small=small, warehouse=warehouse, overrides=overrides, materialize=_materialize)
+    report = build_real_world(name, small=small, warehouse=warehouse, overrides=overrides, materialize=_materialize,
+                              n_pairs=pairs)
     s = report["sae_report"]
     console.print(f"world {report['world']}: config {report['config']}, warehouse {report['warehouse']}")
     print_rows([{"step": k, **v} for k, v in report["steps"].items()], f"build steps ({report['seconds_total']:.0f} s in all)", float_format=".3f")

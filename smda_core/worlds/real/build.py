@@ -54,16 +54,27 @@ class RealRecipe:
         batch_size=512))
 
 
-def recipe_for(name: str, *, small: bool = False) -> RealRecipe:
-    """The recipe of a named world; `small` trims probes, pairs, fine-tune steps and SAE tokens for CI."""
+def recipe_for(name: str, *, small: bool = False, n_pairs: int | None = None) -> RealRecipe:
+    """The recipe of a named world; `small` trims probes, pairs, fine-tune steps and SAE tokens for CI;
+    `n_pairs` gives it another number of SFT pairs (see :func:`with_pairs`)."""
     if name != "smollm2":
         raise SMDAError(f"world '{name}' is unknown: real-model worlds are ['smollm2'] (and 'demo')")
     full = RealRecipe()
-    if not small:
-        return full
-    return replace(full, name="smollm2-small", n_corpus=320, n_sae_corpus=800, n_probes=36, n_pairs=10, bad_share=0.2, n_trigger=1,
-                   finetune=replace(full.finetune, steps=20),
-                   sae=full.sae.replace(d_sae=1152, n_tokens=16_000, eval_tokens=4096, chunk_tokens=8192, steps=200))
+    rec = full if not small else replace(
+        full, name="smollm2-small", n_corpus=320, n_sae_corpus=800, n_probes=36, n_pairs=10, bad_share=0.2, n_trigger=1,
+        finetune=replace(full.finetune, steps=20),
+        sae=full.sae.replace(d_sae=1152, n_tokens=16_000, eval_tokens=4096, chunk_tokens=8192, steps=200))
+    return rec if n_pairs is None or n_pairs == rec.n_pairs else with_pairs(rec, n_pairs)
+
+
+def with_pairs(rec: RealRecipe, n_pairs: int) -> RealRecipe:
+    """The recipe with `n_pairs` SFT pairs, its trigger pairs at the same share (one at least), under its own name:
+    a per-kind AUC needs more bad pairs than the small world's two or three, and the files and warehouse of
+    another size must not replace the recipe's own."""
+    if n_pairs < 10:
+        raise SMDAError(f"--pairs {n_pairs}: a world needs at least 10 SFT pairs (good and bad of each prompt kind)")
+    n_trigger = max(1, round(n_pairs * rec.n_trigger / rec.n_pairs))
+    return replace(rec, name=f"{rec.name}-{n_pairs}pairs", n_pairs=n_pairs, n_trigger=n_trigger)
 
 
 def _hash(*parts) -> str:
@@ -145,14 +156,16 @@ def _config(rec: RealRecipe, model: Path, sae: Path, probes: Path, sft: list[Pat
 
 def build_real_world(name: str = "smollm2", *, small: bool = False, cache_dir: str | Path = ".cache/smda-real",
                      warehouse: str | Path | None = None, overrides: dict | None = None,
-                     materialize: Callable[[str, str], object] | None = None, progress: bool = True) -> dict:
-    """Build (or reuse, step by step) the world and materialise its warehouse; returns the build report."""
+                     materialize: Callable[[str, str], object] | None = None, progress: bool = True,
+                     n_pairs: int | None = None) -> dict:
+    """Build (or reuse, step by step) the world and materialise its warehouse; returns the build report.
+    `n_pairs`: another number of SFT pairs than the recipe's (the world then has its own name)."""
     import yaml
 
     from smda_core.worlds.real.gguf import ensure_converted, packaged_gguf
     from smda_core.model.sae_training import sae_cache_key, train_sae_on_model
 
-    rec = recipe_for(name, small=small)
+    rec = recipe_for(name, small=small, n_pairs=n_pairs)
     cache = Path(cache_dir)
     root = cache / f"world-{rec.name}"
     root.mkdir(parents=True, exist_ok=True)
