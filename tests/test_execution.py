@@ -174,7 +174,7 @@ def local_ray():
 def _task_threads():
     """torch at the threads Ray gives a shard task (`execution.cpus_per_task`, its OMP_NUM_THREADS), for the local run.
 
-    A float64 step done with 2 threads and with 1 differs at about 1e-12 (the library's reductions split otherwise),
+    A float64 step done with 2 threads and with 1 differs in its last bits (the library's reductions split otherwise),
     and the mechanism fits carry that to about 1e-9: the engines are compared at the same threads per pair step,
     so that the one difference left is the engine.
     """
