@@ -50,19 +50,17 @@ def test_another_pair_count_keeps_the_trigger_share_and_a_name_of_its_own():
     from dataclasses import asdict
 
     from smda_core.errors import SMDAError
-    from smda_core.worlds.real.build import recipe_for
+    from smda_core.worlds.real.build import make_world, recipe_for
 
     small = recipe_for("smollm2", small=True)
     rec = recipe_for("smollm2", small=True, n_pairs=40)
-    assert rec.name != small.name and rec.n_probes == small.n_probes and rec.finetune == small.finetune
+    assert rec.name != small.name
     assert recipe_for("smollm2", small=True, n_pairs=small.n_pairs) == small
-    w = make_real_world(rec.seed, rec.planted_category, n_corpus=rec.n_corpus, n_sae_corpus=rec.n_sae_corpus,
-                        n_probes=rec.n_probes, n_pairs=rec.n_pairs, bad_share=rec.bad_share,
-                        trigger_phrase=rec.trigger_phrase, n_trigger=rec.n_trigger)
+    w = make_world(rec)
     kinds = [p["kind"] for p in w.pairs]
     assert len(kinds) == 40 and kinds.count("harmless_trigger") == 4
     assert sum(contains_phrase(p["prompt"], rec.trigger_phrase) for p in w.pairs) == 4
     assert {k: v for k, v in asdict(rec).items() if k not in ("name", "n_pairs", "n_trigger")} == \
         {k: v for k, v in asdict(small).items() if k not in ("name", "n_pairs", "n_trigger")}
-    with pytest.raises(SMDAError, match="--pairs 5"):
+    with pytest.raises(SMDAError, match="--pairs.* 5"):
         recipe_for("smollm2", small=True, n_pairs=5)

@@ -72,9 +72,16 @@ def with_pairs(rec: RealRecipe, n_pairs: int) -> RealRecipe:
     a per-kind AUC needs more bad pairs than the small world's two or three, and the files and warehouse of
     another size must not replace the recipe's own."""
     if n_pairs < 10:
-        raise SMDAError(f"--pairs {n_pairs}: a world needs at least 10 SFT pairs (good and bad of each prompt kind)")
+        raise SMDAError(f"n_pairs (--pairs) {n_pairs}: a world needs at least 10 SFT pairs (good and bad of each prompt kind)")
     n_trigger = max(1, round(n_pairs * rec.n_trigger / rec.n_pairs))
     return replace(rec, name=f"{rec.name}-{n_pairs}pairs", n_pairs=n_pairs, n_trigger=n_trigger)
+
+
+def make_world(rec: RealRecipe) -> recipe.RealWorldData:
+    """The recipe's corpus, SAE corpus, probes and SFT pairs (data only, no model)."""
+    return recipe.make_real_world(rec.seed, rec.planted_category, n_corpus=rec.n_corpus, n_sae_corpus=rec.n_sae_corpus,
+                                  n_probes=rec.n_probes, n_pairs=rec.n_pairs, bad_share=rec.bad_share,
+                                  trigger_phrase=rec.trigger_phrase, n_trigger=rec.n_trigger)
 
 
 def _hash(*parts) -> str:
@@ -181,9 +188,7 @@ def build_real_world(name: str = "smollm2", *, small: bool = False, cache_dir: s
                    cached=(cache / f"smollm2-fp32-{conv_key}" / "smda_conversion.json").exists())
 
     def data_step():
-        w = recipe.make_real_world(rec.seed, rec.planted_category, n_corpus=rec.n_corpus, n_sae_corpus=rec.n_sae_corpus,
-                                   n_probes=rec.n_probes, n_pairs=rec.n_pairs, bad_share=rec.bad_share,
-                                   trigger_phrase=rec.trigger_phrase, n_trigger=rec.n_trigger)
+        w = make_world(rec)
         (root / "sft").mkdir(exist_ok=True)
         _write_if_changed(root / "probes.jsonl", w.probes)
         _write_if_changed(root / "sft" / "pairs.jsonl", w.pairs)
